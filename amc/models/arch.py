@@ -346,6 +346,10 @@ def validate(arch: Architecture, source: str) -> None:
     channels = arch.channels()
     for i, layer in enumerate(arch.layers):
         ins = [arch.ch if j < 0 else channels[j] for j in layer.sources(i)]
+        if layer.module == "RepConv" and layer.args.get("identity") and (
+                ins[0] != channels[i] or layer.args.get("s", 1) != 1):
+            raise ConfigError(f"{source}: layer {i}: a RepConv identity branch needs stride 1 and equal widths, "
+                              f"got {ins[0]} -> {channels[i]}")
         if layer.module == "Shortcut" and len(set(ins)) != 1:
             raise ConfigError(f"{source}: layer {i} adds tensors of different widths {ins}")
         if any(c <= 0 for c in ins) or (layer.module not in HEAD_MODULES and channels[i] <= 0):

@@ -30,11 +30,15 @@ class Detect(nn.Module):
         self.nc, self.no = nc, nc + 5
         self.nl, self.na = len(anchors), len(anchors[0]) // 2
         pixels = torch.tensor(anchors, dtype=torch.float32).view(self.nl, -1, 2)
+        area = [a[0] * a[1] for a in (anchors[0][:2], anchors[-1][-2:])]  # first and last anchor
+        if (area[1] - area[0]) * (strides[-1] - strides[0]) < 0:  # sizes must grow with the stride
+            pixels = pixels.flip(0)  # as the official build's check_anchor_order does
         stride = torch.tensor(strides, dtype=torch.float32)
         # Buffers as in official checkpoints: anchors in units of their level's stride, and in pixels.
         self.register_buffer("anchors", pixels / stride.view(-1, 1, 1))
         self.register_buffer("anchor_grid", pixels.clone().view(self.nl, 1, -1, 1, 1, 2))
         self.register_buffer("stride", stride, persistent=False)
+        self.level_strides = [float(x) for x in strides]  # host copy: usable without a device sync
         self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in ch[: self.nl])
         self.grid: list[torch.Tensor] = [torch.zeros(1)] * self.nl
         self.folded = False  # True once implicit layers are folded into ``m`` (IDetect, IAuxDetect)
@@ -78,20 +82,13 @@ class Detect(nn.Module):
     def initialize_biases(self) -> None:
         """Prior objectness (about 8 objects per 640 image) and class probabilities for a fresh model."""
         for convs in self.output_convs():
-            for conv, s in zip(convs, self.stride.tolist()):
+            for conv, s in zip(convs, self.level_strides):
                 b = conv.bias.detach().view(self.na, -1)
                 b[:, 4] += math.log(8 / (640 / s) ** 2)
                 b[:, 5:] += math.log(0.6 / (self.nc - 0.99))
 
     def output_convs(self) -> list[nn.ModuleList]:
         return [self.m]
-
-    def check_anchor_order(self) -> None:
-        """Reverse the anchors when their sizes do not grow with the stride (as the official build does)."""
-        area = self.anchor_grid.prod(-1).view(-1)
-        if (area[-1] - area[0]).sign() != (self.stride[-1] - self.stride[0]).sign():
-            self.anchors.copy_(self.anchors.flip(0))
-            self.anchor_grid.copy_(self.anchor_grid.flip(0))
 
     def fuse(self) -> None:
         """Nothing to fold in a plain head."""
@@ -137,6 +134,8 @@ class IAuxDetect(IDetect):
     def __init__(self, nc: int, anchors: list[list[float]], ch: list[int], strides: list[float]) -> None:
         super().__init__(nc, anchors, ch, strides)
         self.m2 = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in ch[self.nl:])
+        for name in ("ia", "im"):  # official registration order is m, m2, ia, im: keep state_dicts in step
+            self._modules[name] = self._modules.pop(name)
 
     def auxiliary(self, x: list[torch.Tensor]) -> None:
         if self.training:

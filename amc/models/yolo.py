@@ -12,6 +12,7 @@ from torch import nn
 
 from amc.models import modules as M
 from amc.models.arch import HEAD_MODULES, Architecture, LayerSpec
+from amc.models.flops import ModelCost, count_architecture
 from amc.models.heads import HEADS, Detect
 
 Output = list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]
@@ -75,7 +76,6 @@ class YOLOv7(nn.Module):
         # Outputs that a later layer reads out of order; the others are dropped as soon as consumed.
         self.save = sorted({j for i, s in enumerate(self.sources) for j in s if j >= 0 and j != i - 1})
         if initialize:
-            self.head.check_anchor_order()
             self.head.initialize_biases()
 
     @property
@@ -94,6 +94,10 @@ class YOLOv7(nn.Module):
     def fused(self) -> bool:
         """True once :meth:`fuse` has folded BatchNorm, RepConv branches and implicit layers."""
         return any(getattr(m, "fused", False) for m in self.modules() if isinstance(m, (M.Conv, M.RepConv)))
+
+    def cost(self, img_size: int | tuple[int, int] = 640) -> ModelCost:
+        """Parameters and FLOPs per layer at ``img_size`` (counted on the architecture, fused or not)."""
+        return count_architecture(self.arch, img_size, fused=self.fused)
 
     def forward(self, x: torch.Tensor) -> Output:
         saved: dict[int, torch.Tensor] = {}

@@ -1,0 +1,1 @@
+"""Command-line apps (``amc-<verb>``), each a Hydra app configured from ``conf/``."""

@@ -1,0 +1,67 @@
+"""What every ``amc-<verb>`` command shares: the Hydra entry point, user errors, the run directory, tables."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from amc.errors import AmcError
+
+console = Console()
+
+#: Hydra finds the configs in the ``conf`` package, from a source checkout and from an installed wheel alike.
+CONFIG_PATH = "pkg://conf"
+
+
+def amc_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+    """Turn ``task(cfg)`` into a Hydra command; an :class:`AmcError` ends it with one line and exit code 2."""
+
+    def wrap(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        @functools.wraps(task)
+        def guarded(cfg: DictConfig) -> Any:
+            try:
+                return task(cfg)
+            except AmcError as e:
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(2)
+            except KeyboardInterrupt:
+                print("interrupted", file=sys.stderr)
+                sys.exit(130)
+
+        return hydra.main(config_path=CONFIG_PATH, config_name=config_name, version_base="1.3")(guarded)
+
+    return wrap
+
+
+def run_dir() -> Path:
+    """The Hydra run directory of the current command (``hydra.run.dir``)."""
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: int = 1) -> None:
+    """Print a table; columns from ``numeric_from`` on are right-aligned."""
+    table = Table(title=title, title_justify="left")
+    for i, c in enumerate(columns):
+        table.add_column(c, justify="right" if i >= numeric_from else "left")
+    for row in rows:
+        table.add_row(*(str(x) for x in row))
+    console.print(table)
+
+
+def load_model_from_config(model_cfg: DictConfig):  # noqa: ANN201 (avoid importing torch in the signature)
+    """Load the model that the ``model`` config group describes (see ``conf/model/*.yaml``)."""
+    from amc.models import load_model
+
+    if not model_cfg.get("path"):
+        raise AmcError("no model given: set model=<name> or model.path=FILE")
+    return load_model(model_cfg.path, nc=model_cfg.get("nc"), width_multiple=model_cfg.get("width_multiple"),
+                      depth_multiple=model_cfg.get("depth_multiple"))

@@ -1,0 +1,62 @@
+"""``amc-info``: per-layer widths, parameters and GFLOPs of a model (cfg, official checkpoint or amc model).
+
+Examples::
+
+    amc-info                                  # the embedded demo model
+    amc-info model=yolov7                     # an official cfg shipped with amc
+    amc-info model.path=yolov7-tiny.pt img_size=[384,640]
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, ListConfig
+
+from amc.atomic import atomic_write_json
+from amc.cli.app import amc_app, console, load_model_from_config, print_table, run_dir
+from amc.errors import ConfigError
+from amc.models.flops import count_architecture
+
+
+def parse_img_size(value: object) -> tuple[int, int]:
+    """``640`` or ``[height, width]`` -> (height, width), refusing non-positive sizes."""
+    size = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value, value]
+    try:
+        h, w = (int(x) for x in size)
+    except (TypeError, ValueError):
+        raise ConfigError(f"img_size must be an int or [height, width], got {value!r}") from None
+    if len(size) != 2 or h <= 0 or w <= 0:
+        raise ConfigError(f"img_size must be positive: an int or [height, width], got {value!r}")
+    return h, w
+
+
+@amc_app("info")
+def main(cfg: DictConfig) -> dict:
+    img_size = parse_img_size(cfg.img_size)
+    model, names = load_model_from_config(cfg.model)
+    cost = model.cost(img_size)
+    fused = count_architecture(model.arch, img_size, fused=True)
+    rows = []
+    for layer, spec in zip(cost.layers, model.arch.layers):
+        rows.append([layer.index, spec.from_, layer.module, layer.c_in, layer.c_out or "-",
+                     "x".join(map(str, layer.out_hw)) if layer.out_hw != (0, 0) else "-",
+                     f"{layer.params:,}", f"{layer.gflops:.3f}"])
+    if cfg.per_layer:
+        print_table(f"{cfg.model.path}: layers at {img_size[0]}x{img_size[1]}",
+                    ["#", "from", "module", "in ch", "out ch", "out size", "params", "GFLOPs"], rows, numeric_from=3)
+    metrics = {
+        "model": str(cfg.model.path), "classes": len(names), "img_size": list(img_size),
+        "params": cost.params, "gflops": cost.gflops, "fused": cost.fused,
+        "fused_params": fused.params, "fused_gflops": fused.gflops,
+        "strides": model.stride.tolist(), "layers": cost.to_dict()["layers"],
+    }
+    out = atomic_write_json(run_dir() / "metrics.json", metrics)
+    print_table("summary", ["", "params", "GFLOPs"],
+                [["as loaded" + (" (fused)" if cost.fused else ""), f"{cost.params:,}", f"{cost.gflops:.2f}"],
+                 ["fused (deployed)", f"{fused.params:,}", f"{fused.gflops:.2f}"]])
+    console.print(f"{len(model.arch.layers)} layers, {len(names)} classes, strides {model.stride.tolist()}; "
+                  f"metrics written to {out}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Hydra configs of the amc commands (a package so that installed wheels carry them: ``pkg://conf``)."""
