@@ -127,3 +127,33 @@ def test_amc_architecture_validation() -> None:
         Architecture.from_dict(broken)
     with pytest.raises(ConfigError, match="not an amc architecture"):
         Architecture.from_dict({"nc": 1})
+
+
+def _repeated_cfg(depth: float) -> dict:
+    cfg = mini_cfg()
+    cfg["depth_multiple"] = depth
+    cfg["backbone"][6] = [-1, 3, "Conv", [32, 3, 1]]  # number 3: scaled by depth_multiple
+    return cfg
+
+
+def test_depth_multiple_scales_repeats_as_officially() -> None:
+    import torch
+
+    from amc.models import YOLOv7, count_architecture
+
+    deep, shallow = parse_cfg(_repeated_cfg(1.0)), parse_cfg(_repeated_cfg(0.33))
+    assert deep.layers[6].args["n"] == 3 and "n" not in shallow.layers[6].args  # round(3 * 0.33) = 1
+    model = YOLOv7(deep)
+    assert isinstance(model.model[6], torch.nn.Sequential) and len(model.model[6]) == 3
+    assert "model.6.2.conv.weight" in model.state_dict()
+    with torch.no_grad():
+        assert model.eval()(torch.rand(1, 3, 64, 64))[0].shape[-1] == 7
+    extra = count_architecture(deep, 64).params - count_architecture(shallow, 64).params
+    assert extra == 2 * (32 * 32 * 9 + 2 * 32)
+    assert count_architecture(deep, 64).params == sum(p.numel() for p in model.parameters())
+
+
+def test_repeating_a_multi_input_module_is_refused() -> None:
+    cfg = mini_cfg()
+    cfg["head"][1][1] = 2
+    _bad(cfg, r"layer 12: repeating Concat \(number=2\) is not supported")

@@ -65,3 +65,13 @@ def test_user_errors_end_in_one_line(tmp_path: Path, overrides: list[str], messa
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], run.stderr
     assert "Traceback" not in run.stderr + run.stdout
+
+
+def test_malformed_cfg_file_ends_in_one_line(tmp_path: Path) -> None:
+    cfg = (FIXTURES / "mini.yaml").read_text().replace("MP, []", "Focus, []")
+    (tmp_path / "mine.yaml").write_text(cfg)
+    run = amc_info("model.path=mine.yaml", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.strip() == "error: mine.yaml: layer 8 uses unknown module 'Focus' (amc knows Conv, RepConv, " \
+        "DownC, SPPCSPC, Detect, IDetect, IAuxDetect, MP, SP, ReOrg, Concat, Shortcut, Upsample)"
+    assert not (tmp_path / "run" / "metrics.json").exists()

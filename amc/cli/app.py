@@ -57,11 +57,25 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     console.print(table)
 
 
-def load_model_from_config(model_cfg: DictConfig):  # noqa: ANN201 (avoid importing torch in the signature)
-    """Load the model that the ``model`` config group describes (see ``conf/model/*.yaml``)."""
+def model_source(model_cfg: DictConfig) -> str:
+    """What the ``model`` config group designates: the user's ``model.path``, else its packaged cfg."""
+    from amc.models.io import official_cfg_dir
+
+    if model_cfg.get("path"):
+        return str(model_cfg.path)
+    if model_cfg.get("cfg"):
+        return str(official_cfg_dir() / model_cfg.cfg)
+    raise AmcError("no model given: set model=<name> or model.path=FILE")
+
+
+def load_model_from_config(model_cfg: DictConfig):  # noqa: ANN201 (keeps torch out of this module's imports)
+    """Load the model that the ``model`` config group describes (see ``conf/model/*.yaml``).
+
+    Returns ``(model, class names, source path)``.
+    """
     from amc.models import load_model
 
-    if not model_cfg.get("path"):
-        raise AmcError("no model given: set model=<name> or model.path=FILE")
-    return load_model(model_cfg.path, nc=model_cfg.get("nc"), width_multiple=model_cfg.get("width_multiple"),
-                      depth_multiple=model_cfg.get("depth_multiple"))
+    source = model_source(model_cfg)
+    model, names = load_model(source, nc=model_cfg.get("nc"), width_multiple=model_cfg.get("width_multiple"),
+                              depth_multiple=model_cfg.get("depth_multiple"))
+    return model, names, source

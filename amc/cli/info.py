@@ -32,7 +32,7 @@ def parse_img_size(value: object) -> tuple[int, int]:
 @amc_app("info")
 def main(cfg: DictConfig) -> dict:
     img_size = parse_img_size(cfg.img_size)
-    model, names = load_model_from_config(cfg.model)
+    model, names, source = load_model_from_config(cfg.model)
     cost = model.cost(img_size)
     fused = count_architecture(model.arch, img_size, fused=True)
     rows = []
@@ -41,10 +41,10 @@ def main(cfg: DictConfig) -> dict:
                      "x".join(map(str, layer.out_hw)) if layer.out_hw != (0, 0) else "-",
                      f"{layer.params:,}", f"{layer.gflops:.3f}"])
     if cfg.per_layer:
-        print_table(f"{cfg.model.path}: layers at {img_size[0]}x{img_size[1]}",
+        print_table(f"{source}: layers at {img_size[0]}x{img_size[1]}",
                     ["#", "from", "module", "in ch", "out ch", "out size", "params", "GFLOPs"], rows, numeric_from=3)
     metrics = {
-        "model": str(cfg.model.path), "classes": len(names), "img_size": list(img_size),
+        "model": source, "classes": len(names), "img_size": list(img_size),
         "params": cost.params, "gflops": cost.gflops, "fused": cost.fused,
         "fused_params": fused.params, "fused_gflops": fused.gflops,
         "strides": model.stride.tolist(), "layers": cost.to_dict()["layers"],

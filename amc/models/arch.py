@@ -31,6 +31,9 @@ CONV_MODULES = ("Conv", "RepConv", "DownC", "SPPCSPC")
 HEAD_MODULES = ("Detect", "IDetect", "IAuxDetect")
 OTHER_MODULES = ("MP", "SP", "ReOrg", "Concat", "Shortcut", "Upsample")
 KNOWN_MODULES = CONV_MODULES + HEAD_MODULES + OTHER_MODULES
+#: Modules a cfg row may repeat (``number`` > 1, scaled by ``depth_multiple``): copies are chained, each
+#: taking the previous copy's output, as the official ``nn.Sequential`` of copies does.
+REPEATABLE_MODULES = ("Conv", "MP", "SP")
 
 #: Activations a cfg may name (``nn.LeakyReLU(0.1)``, ``nn.SiLU()``, ...). ``True`` means SiLU, as officially.
 ACTIVATIONS = ("SiLU", "LeakyReLU", "ReLU", "ReLU6", "Hardswish", "Mish", "Sigmoid", "Tanh", "Identity")
@@ -148,19 +151,19 @@ def output_channels(layer: LayerSpec, c_in: list[int]) -> int:
 
 
 def layer_stride(layer: LayerSpec) -> Fraction:
-    """How much a layer downsamples its input (a Fraction: Upsample gives 1/2)."""
+    """How much a layer downsamples its input (a Fraction: Upsample gives 1/2); repeats compound."""
     m, a = layer.module, layer.args
-    if m in ("Conv", "RepConv"):
-        return Fraction(int(a.get("s", 1)))
-    if m in ("DownC", "MP"):
-        return Fraction(int(a.get("k", 2)))
-    if m == "SP":
-        return Fraction(int(a.get("s", 1)))
-    if m == "ReOrg":
-        return Fraction(2)
-    if m == "Upsample":
-        return 1 / Fraction(str(a["scale_factor"]))
-    return Fraction(1)
+    if m in ("Conv", "RepConv", "SP"):
+        step = Fraction(int(a.get("s", 1)))
+    elif m in ("DownC", "MP"):
+        step = Fraction(int(a.get("k", 2)))
+    elif m == "ReOrg":
+        step = Fraction(2)
+    elif m == "Upsample":
+        step = 1 / Fraction(str(a["scale_factor"]))
+    else:
+        step = Fraction(1)
+    return step ** int(a.get("n", 1))
 
 
 def make_divisible(x: float, divisor: int) -> int:
@@ -235,14 +238,16 @@ def _resolve_row(i: int, row: Any, d: dict[str, Any], ch: list[int], where: str)
     anchors = d["anchors"]
     na = len(anchors[0]) // 2 if isinstance(anchors, list) else int(anchors)
     a = [_literal(x, nc, anchors) for x in args]
-    if n > 1:
-        n = max(round(n * float(d.get("depth_multiple", 1.0))), 1)
-        if module not in ("DownC", "SPPCSPC"):  # these take n as an (unused) argument, as officially
-            raise ConfigError(f"{where}: layer {i}: repeated {module} (number={row[1]}) is not supported by amc")
+    repeats = max(round(n * float(d.get("depth_multiple", 1.0))), 1) if n > 1 else n
+    if repeats > 1 and module not in REPEATABLE_MODULES + ("DownC", "SPPCSPC"):
+        raise ConfigError(f"{where}: layer {i}: repeating {module} (number={n}) is not supported by amc "
+                          f"(only {', '.join(REPEATABLE_MODULES)} repeat)")
     try:
         spec = _module_args(module, a, c_in, nc, na, gw)
     except (IndexError, TypeError, ValueError) as e:
         raise ConfigError(f"{where}: layer {i} ({name}) has malformed args {args!r}: {e}") from None
+    if repeats > 1 and module in REPEATABLE_MODULES:  # DownC and SPPCSPC take n as an unused argument
+        spec["n"] = repeats
     layer = LayerSpec(from_=f, module=module, args=spec)
     return layer, output_channels(layer, c_in)
 

@@ -167,6 +167,8 @@ def count_architecture(arch: Architecture, img_size: int | tuple[int, int] = 640
         hw_in = [hw0 if j < 0 else sizes[j] for j in srcs]
         t = _Tally(fused)
         out = _layer_cost(layer, c_in, hw_in, arch, t)
+        for _ in range(int(layer.args.get("n", 1)) - 1):  # chained copies read the previous copy's output
+            out = _layer_cost(layer, [channels[i]], [out], arch, t)
         sizes.append(out)
         costs.append(LayerCost(i, layer.module, sum(c_in), channels[i], out, t.params, t.macs))
     return ModelCost(costs, hw0, fused)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from amc.models import modules as M
-from amc.models.arch import HEAD_MODULES, Architecture, LayerSpec
+from amc.models.arch import HEAD_MODULES, Architecture, LayerSpec, output_channels
 from amc.models.flops import ModelCost, count_architecture
 from amc.models.heads import HEADS, Detect
 
@@ -19,7 +19,18 @@ Output = list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]
 
 
 def build_layer(layer: LayerSpec, c_in: list[int], arch: Architecture, strides: list[float]) -> nn.Module:
-    """Instantiate one layer given its input widths (and, for the head, the level strides)."""
+    """Instantiate one layer given its input widths (and, for the head, the level strides).
+
+    A repeated layer (``args['n']`` > 1) is an ``nn.Sequential`` of copies, each reading the previous one.
+    """
+    n = int(layer.args.get("n", 1))
+    if n > 1:
+        c2 = output_channels(layer, c_in)
+        return nn.Sequential(*(_build_one(layer, c_in if j == 0 else [c2], arch, strides) for j in range(n)))
+    return _build_one(layer, c_in, arch, strides)
+
+
+def _build_one(layer: LayerSpec, c_in: list[int], arch: Architecture, strides: list[float]) -> nn.Module:
     a, c1 = layer.args, c_in[0]
     if layer.module == "Conv":
         return M.Conv(c1, a["c2"], a["k"], a["s"], a.get("p"), a.get("g", 1), a.get("act", "SiLU"))
