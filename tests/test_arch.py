@@ -125,6 +125,10 @@ def test_amc_architecture_validation() -> None:
     broken["layers"][3][1] = "Nope"
     with pytest.raises(ConfigError, match="unknown module 'Nope'"):
         Architecture.from_dict(broken)
+    broken = copy.deepcopy(data)
+    del broken["layers"][0][2]["c2"]
+    with pytest.raises(ConfigError, match="malformed amc architecture .*c2"):
+        Architecture.from_dict(broken)
     with pytest.raises(ConfigError, match="not an amc architecture"):
         Architecture.from_dict({"nc": 1})
 

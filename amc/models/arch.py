@@ -123,9 +123,9 @@ class Architecture:
             layers = [LayerSpec(from_=row[0], module=str(row[1]), args=dict(row[2])) for row in data["layers"]]
             arch = cls(nc=int(data["nc"]), anchors=[list(map(float, a)) for a in data["anchors"]],
                        layers=layers, ch=int(data.get("ch", 3)))
+            validate(arch, source)
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ConfigError(f"{source}: malformed amc architecture ({type(e).__name__}: {e})") from None
-        validate(arch, source)
         return arch
 
     def copy(self) -> "Architecture":
