@@ -103,3 +103,22 @@ def irregular(arch, seed: int = 0):
         elif layer.module == "SPPCSPC":
             a.update({f"cv{j}": cut(a[f"cv{j}"]) for j in range(1, 8)})
     return arch
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory: pytest.TempPathFactory):
+    """A small demo dataset (COCO format, 3 classes) generated once per test session: (root, train, val)."""
+    from amc.data.datasets import load_dataset
+    from amc.data.synthetic import generate_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo")
+    generate_demo_dataset(root, n_train=12, n_val=6, img_size=96, seed=3)
+    return root, load_dataset("demo", root, "train"), load_dataset("demo", root, "val")
+
+
+def mini_model(nc: int = 3, seed: int = 0):
+    """amc's tiny all-modules model with ``nc`` classes (fresh weights, deterministic)."""
+    from amc.models import YOLOv7, parse_cfg
+
+    torch.manual_seed(seed)
+    return YOLOv7(parse_cfg(mini_cfg(), nc=nc))

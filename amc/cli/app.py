@@ -58,13 +58,17 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
 
 
 def model_source(model_cfg: DictConfig) -> str:
-    """What the ``model`` config group designates: the user's ``model.path``, else its packaged cfg."""
-    from amc.models.io import official_cfg_dir
+    """What the ``model`` config group designates: the user's ``model.path``, else the packaged model."""
+    from amc.models.io import packaged
 
     if model_cfg.get("path"):
         return str(model_cfg.path)
-    if model_cfg.get("cfg"):
-        return str(official_cfg_dir() / model_cfg.cfg)
+    name = model_cfg.get("packaged")
+    if name:
+        found = packaged(str(name))
+        if found is None:
+            raise AmcError(f"model.packaged={name} is not shipped with this amc installation")
+        return str(found)
     raise AmcError("no model given: set model=<name> or model.path=FILE")
 
 
@@ -79,3 +83,25 @@ def load_model_from_config(model_cfg: DictConfig):  # noqa: ANN201 (keeps torch 
     model, names = load_model(source, nc=model_cfg.get("nc"), width_multiple=model_cfg.get("width_multiple"),
                               depth_multiple=model_cfg.get("depth_multiple"))
     return model, names, source
+
+
+def load_data_from_config(data_cfg: DictConfig, split: str | None = None):  # noqa: ANN201
+    """Load a split of the dataset that the ``data`` config group describes (see ``conf/data/*.yaml``)."""
+    from omegaconf import OmegaConf
+
+    from amc.data.datasets import load_dataset
+
+    split = split or str(data_cfg.split)
+    kind = str(data_cfg.kind)
+    if kind != "demo" and OmegaConf.is_missing(data_cfg, "path"):
+        raise AmcError(f"data={kind} needs data.path=... (see conf/data/{kind}.yaml)")
+    path = data_cfg.get("path")
+    if kind != "coco":
+        return load_dataset(kind, path, split)
+    root = Path(str(path))
+    annotations = data_cfg.get("annotations") or root / "annotations" / f"instances_{split}.json"
+    images = data_cfg.get("images")
+    if not images:
+        candidates = [root / "images" / split, root / split]
+        images = next((c for c in candidates if c.is_dir()), candidates[0])
+    return load_dataset("coco", annotations, split, images_dir=images)

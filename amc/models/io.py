@@ -43,15 +43,29 @@ def official_cfg_names() -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.glob("*/*.yaml"))
 
 
+def packaged_models_dir() -> Path:
+    """Folder of the trained models shipped with amc (``demo-model``, in amc's format)."""
+    return Path(str(resources.files("amc") / "assets"))
+
+
+def packaged(name: str) -> Path | None:
+    """A model shipped with amc: an official cfg (``training/yolov7.yaml``, ``yolov7-tiny.yaml`` meaning the
+    training cfg, ``demo.yaml``) or a trained model folder (``demo-model``); None if there is none."""
+    cfgs, assets = official_cfg_dir(), packaged_models_dir()
+    for candidate in (cfgs / name, cfgs / "training" / name, assets / name):
+        if candidate.is_file() or (candidate.is_dir() and (candidate / ARCH_FILE).is_file()):
+            return candidate
+    return None
+
+
 def resolve_path(source: str | os.PathLike[str]) -> Path:
-    """A user path, or a packaged official cfg name (``yolov7-tiny.yaml`` means the training cfg)."""
+    """A user path, else the name of a model shipped with amc (see :func:`packaged`)."""
     p = Path(source).expanduser()
     if p.exists():
         return p
-    root = official_cfg_dir()
-    for candidate in (root / str(source), root / "training" / str(source)):
-        if candidate.is_file():
-            return candidate
+    candidate = packaged(str(source))
+    if candidate is not None:
+        return candidate
     raise CheckpointError(f"{source}: file not found (give an official .pt or cfg .yaml, or an amc model folder)")
 
 

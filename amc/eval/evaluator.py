@@ -1,0 +1,109 @@
+"""Scoring a detector on a dataset: cached letterboxed batches -> model -> NMS -> COCOeval mAP.
+
+The same :class:`DetectionEvaluator` serves ``amc-eval``, evaluation during training and (later) the proxy
+mAP of the pruning search, which evaluates one cached subset hundreds of times: images are decoded once
+(:class:`~amc.data.loaders.EvalSet`), and the ground truth is indexed once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from amc.data.datasets import DetectionDataset
+from amc.data.loaders import EvalSet
+from amc.errors import ConfigError
+from amc.eval.metrics import coco_ground_truth, evaluate_map
+from amc.eval.nms import non_max_suppression, scale_boxes
+
+
+@dataclass
+class EvalSettings:
+    """NMS settings of the official test protocol (``test.py``), all configurable."""
+
+    conf_thres: float = 0.001
+    iou_thres: float = 0.65
+    max_det: int = 300
+    multi_label: bool = True
+    half: bool = False  # fp16 inference on CUDA
+
+
+@dataclass
+class EvalResult:
+    """mAP and speed of one evaluation."""
+
+    map50_95: float
+    map50: float
+    images: int
+    inference_s: float  # model + NMS wall time, without decoding (cached) or COCOeval
+    images_per_s: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def check_classes(model: nn.Module, dataset: DetectionDataset) -> None:
+    """A model must predict as many classes as the dataset has (else its mAP would be silently wrong)."""
+    nc = getattr(model, "nc", None)
+    if nc is not None and nc != dataset.nc:
+        raise ConfigError(f"the model predicts {nc} classes but the dataset {dataset.source} has {dataset.nc}: "
+                          "evaluate it on data with the same classes")
+
+
+class DetectionEvaluator:
+    """Evaluates models on the images of ``eval_set`` against ``dataset``'s ground truth.
+
+    Args:
+        dataset: the (sub)set whose images ``eval_set`` holds.
+        eval_set: its letterboxed, decoded batches.
+        settings: NMS settings.
+        device: where models run.
+    """
+
+    def __init__(self, dataset: DetectionDataset, eval_set: EvalSet, settings: EvalSettings | None = None,
+                 device: torch.device | str = "cpu") -> None:
+        self.dataset, self.eval_set = dataset, eval_set
+        self.settings = settings or EvalSettings()
+        self.device = torch.device(device)
+        self.ground_truth = coco_ground_truth(*dataset.coco_dicts())
+        self.image_ids = [record.id for record in dataset.images]
+
+    @torch.inference_mode()
+    def predict(self, model: nn.Module) -> tuple[dict[int, torch.Tensor], float]:
+        """Detections per image id (x1, y1, x2, y2, score, class in original pixels) and the seconds spent."""
+        s = self.settings
+        half = s.half and self.device.type == "cuda"
+        was_training = model.training
+        model.eval()
+        detections: dict[int, torch.Tensor] = {}
+        seconds = 0.0
+        try:
+            for batch in self.eval_set:
+                start = time.perf_counter()
+                images = batch.images.to(self.device, non_blocking=True)
+                images = (images.half() if half else images.float()) / 255.0
+                pred = model(images)[0].float()
+                out = non_max_suppression(pred, conf_thres=s.conf_thres, iou_thres=s.iou_thres,
+                                          multi_label=s.multi_label, max_det=s.max_det)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                seconds += time.perf_counter() - start
+                for det, image_id, shape, ratio_pad in zip(out, batch.image_ids, batch.original_shapes,
+                                                           batch.ratio_pads):
+                    det = det.cpu()
+                    det[:, :4] = scale_boxes(det[:, :4], ratio_pad, shape)
+                    detections[image_id] = det
+        finally:
+            model.train(was_training)
+        return detections, seconds
+
+    def __call__(self, model: nn.Module) -> EvalResult:
+        check_classes(model, self.dataset)
+        detections, seconds = self.predict(model)
+        result = evaluate_map(self.ground_truth, detections, self.dataset.category_ids, image_ids=self.image_ids)
+        n = len(detections)
+        return EvalResult(map50_95=result.map50_95, map50=result.map50, images=n, inference_s=seconds,
+                          images_per_s=n / seconds if seconds > 0 else float("inf"))
