@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import numpy as np
@@ -10,11 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from amc.eval import box_iou, nms, non_max_suppression, scale_boxes, xywh_to_xyxy
+import amc.eval.nms as nms_module
+from amc.eval.nms import box_iou, nms, non_max_suppression, scale_boxes, xywh_to_xyxy
 from conftest import FIXTURES
 
-# The package re-exports the function nms, which hides the submodule of the same name from attribute access.
-nms_module = importlib.import_module("amc.eval.nms")
 NMS_META = json.loads((FIXTURES / "nms.json").read_text())
 # The official function's own defaults, for the arguments a fixture setting leaves out.
 OFFICIAL_DEFAULTS = {"conf_thres": 0.25, "iou_thres": 0.45, "multi_label": False, "agnostic": False}

@@ -7,7 +7,8 @@ from amc.eval.metrics import (
     detections_to_coco_results,
     evaluate_map,
 )
-from amc.eval.nms import box_iou, nms, non_max_suppression, scale_boxes, xywh_to_xyxy
+# ``nms`` (the function) is not re-exported: it would shadow the ``amc.eval.nms`` module.
+from amc.eval.nms import box_iou, non_max_suppression, scale_boxes, xywh_to_xyxy
 
 __all__ = [
     "COCO80_TO_COCO91",
@@ -16,7 +17,6 @@ __all__ = [
     "coco_ground_truth",
     "detections_to_coco_results",
     "evaluate_map",
-    "nms",
     "non_max_suppression",
     "scale_boxes",
     "xywh_to_xyxy",
