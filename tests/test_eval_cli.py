@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from amc.models import save_model
+from amc.models import load_model, save_model
 from conftest import FIXTURES, mini_model
 
 
@@ -64,3 +64,25 @@ def test_user_errors_end_in_one_line(tiny_demo, mini_folder: Path, tmp_path: Pat
     assert run.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), run.stderr
     assert message in lines[0]
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_official_checkpoint_on_coco_format_data_uses_the_91_ids(tiny_demo, tmp_path: Path) -> None:
+    """An 80-class official checkpoint on a COCO json with the standard 80 categories (ids 1..90)."""
+    from amc.data.datasets import load_coco
+    from amc.eval.metrics import COCO80_TO_COCO91
+
+    root, _, _ = tiny_demo
+    coco = json.loads((root / "val.json").read_text())
+    names = json.loads((FIXTURES / "yolov7-tiny.json").read_text())["names"]
+    coco["categories"] = [{"id": cid, "name": n} for cid, n in zip(COCO80_TO_COCO91, names)]
+    for ann in coco["annotations"]:  # demo classes 1..3 become person, bicycle, car (ids 1, 2, 3) ... and
+        ann["category_id"] = COCO80_TO_COCO91[[0, 1, 79][ann["category_id"] - 1]]  # toothbrush (id 90)
+    (tmp_path / "instances_val.json").write_text(json.dumps(coco))
+    assert load_coco(tmp_path / "instances_val.json", root / "images" / "val").category_ids == COCO80_TO_COCO91
+    run = amc_eval(f"model.path={FIXTURES / 'yolov7-tiny.pt'}", "data=coco", f"data.path={tmp_path}",
+                   f"data.annotations={tmp_path / 'instances_val.json'}", f"data.images={root / 'images' / 'val'}",
+                   "img_size=128", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    fused = load_model(FIXTURES / "yolov7-tiny.pt")[0].fuse()
+    assert metrics["params"] == sum(p.numel() for p in fused.parameters()) and metrics["images"] == 6
