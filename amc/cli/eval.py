@@ -39,7 +39,7 @@ def main(cfg: DictConfig) -> dict:
         model.fuse()
     settings = EvalSettings(conf_thres=cfg.conf_thres, iou_thres=cfg.iou_thres, max_det=cfg.max_det,
                             multi_label=cfg.multi_label, half=cfg.half)
-    evaluator = DetectionEvaluator(dataset, eval_set, settings, device)
+    evaluator = DetectionEvaluator(dataset, eval_set, settings, device, progress=True)
     model = model.to(device)
     if settings.half and device.type == "cuda":
         model = model.half()

@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from amc.data.datasets import DetectionDataset
@@ -61,11 +62,12 @@ class DetectionEvaluator:
         eval_set: its letterboxed, decoded batches.
         settings: NMS settings.
         device: where models run.
+        progress: show a progress bar over the batches (off for the search's many quick evaluations).
     """
 
     def __init__(self, dataset: DetectionDataset, eval_set: EvalSet, settings: EvalSettings | None = None,
-                 device: torch.device | str = "cpu") -> None:
-        self.dataset, self.eval_set = dataset, eval_set
+                 device: torch.device | str = "cpu", progress: bool = False) -> None:
+        self.dataset, self.eval_set, self.progress = dataset, eval_set, progress
         self.settings = settings or EvalSettings()
         self.device = torch.device(device)
         self.ground_truth = coco_ground_truth(*dataset.coco_dicts())
@@ -80,7 +82,11 @@ class DetectionEvaluator:
         model.eval()
         detections: dict[int, torch.Tensor] = {}
         seconds = 0.0
+        bar = Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       disable=not self.progress, transient=True)
         try:
+            bar.start()
+            task = bar.add_task("evaluating", total=self.eval_set.num_images)
             for batch in self.eval_set:
                 start = time.perf_counter()
                 images = batch.images.to(self.device, non_blocking=True)
@@ -96,7 +102,9 @@ class DetectionEvaluator:
                     det = det.cpu()
                     det[:, :4] = scale_boxes(det[:, :4], ratio_pad, shape)
                     detections[image_id] = det
+                bar.update(task, advance=len(batch.image_ids))
         finally:
+            bar.stop()
             model.train(was_training)
         return detections, seconds
 

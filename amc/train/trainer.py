@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -196,8 +197,6 @@ class Trainer:
                            best_dir=best if best.exists() else None)
 
     def _train_epoch(self, loader: DataLoader, epoch: int, nb: int, warmup_iters: int, writer: Any) -> list[float]:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
         self.model.train()
         sums = torch.zeros(4)
         self.optimizer.zero_grad()
