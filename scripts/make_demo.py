@@ -11,6 +11,7 @@ writes the model (amc format) to ``out`` plus ``metrics.json`` in the run direct
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -49,8 +50,8 @@ def main(cfg: DictConfig) -> dict:
                       evaluate=lambda m: evaluator(m).to_dict())
     result = trainer.fit()
     best, _ = load_model(result.best_dir or result.last_dir)
-    final = evaluator(best.to(device).fuse())
-    out = save_model(best.cpu(), Path(cfg.out), extra={
+    final = evaluator(copy.deepcopy(best).to(device).fuse())  # shipped unfused: pruning needs BatchNorm
+    out = save_model(best, Path(cfg.out), extra={
         "description": "amc demo model: yolov7-tiny at width 0.25 trained on the synthetic demo dataset",
         "reproduce": "python scripts/make_demo.py", "val_metrics": final.to_dict()})
     metrics = {"map50_95": final.map50_95, "map50": final.map50, "images_per_s": final.images_per_s,

@@ -30,7 +30,8 @@ def test_default_runs_on_the_demo_and_writes_metrics(tmp_path: Path) -> None:
     run = amc_info(f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    model, _ = load_model("demo.yaml")
+    model, names = load_model("demo-model")
+    assert names == ["disc", "box", "triangle"] and not model.fused
     cost = model.cost(640)
     assert metrics["params"] == cost.params and metrics["gflops"] == pytest.approx(cost.gflops)
     assert metrics["img_size"] == [640, 640] and metrics["classes"] == 3
