@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from amc.boxes import xywh_to_xyxy
+
 # Entries of one IoU matrix computed at a time while suppressing: bounds the transient memory of nms()
 # (a few float tensors of this size, 16 MiB each) whatever the number of boxes.
 _IOU_BLOCK_ELEMENTS = 1 << 22
@@ -25,15 +27,6 @@ _IOU_BLOCK_ELEMENTS = 1 << 22
 # quadratic IoU matrix per block.
 _MAX_BLOCK = 1024
 _MIN_BLOCK = 64
-
-
-def xywh_to_xyxy(boxes: Tensor) -> Tensor:
-    """Centre-size boxes ``(cx, cy, w, h)`` to corner boxes ``(x1, y1, x2, y2)``, as a new tensor.
-
-    The arithmetic (``cx -/+ w / 2``) is the official one, so converted boxes are bit-identical to it.
-    """
-    half = boxes[..., 2:4] / 2
-    return torch.cat((boxes[..., 0:2] - half, boxes[..., 0:2] + half), dim=-1)
 
 
 def box_area(boxes: Tensor) -> Tensor:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from amc.boxes import xywh_to_xyxy
 from amc.models.heads import IAuxDetect
 
 __all__ = ["LevelTargets", "Candidates", "SimOTAAssigner", "YOLOv7Loss", "bbox_iou", "bce_with_logits",
@@ -87,12 +88,6 @@ def smooth_bce(eps: float = 0.0) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------------------------
 # Boxes
 # --------------------------------------------------------------------------------------------------------
-def xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    """Centre-size boxes ``(..., 4)`` [cx, cy, w, h] to corner boxes [x1, y1, x2, y2]."""
-    xy, half = boxes[..., :2], boxes[..., 2:4] / 2
-    return torch.cat((xy - half, xy + half), -1)
-
-
 def bbox_iou(box1: torch.Tensor, box2: torch.Tensor, xywh: bool = True, kind: IoUKind = "ciou",
              eps: float = 1e-7) -> torch.Tensor:
     """IoU (or GIoU, DIoU, CIoU) of paired boxes, element by element.
