@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
+from amc.atomic import atomic_file
 from amc.data.datasets import DetectionDataset
 from amc.data.letterbox import letterbox, rect_batch_shapes, resize_long_side
 
@@ -206,15 +206,8 @@ class EvalSet:
         tensors = {f"batch{b}": batch.images.contiguous() for b, batch in enumerate(self.batches)}
         info = [{"image_ids": b.image_ids, "original_shapes": b.original_shapes, "ratio_pads": b.ratio_pads}
                 for b in self.batches]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        try:  # temp file + rename: a killed run never leaves a truncated cache
-            save_file(tensors, tmp, metadata={"key": json.dumps(key), "batches": json.dumps(info)})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as tmp:  # a killed run never leaves a truncated cache
+            save_file(tensors, str(tmp), metadata={"key": json.dumps(key), "batches": json.dumps(info)})
 
 
 # --------------------------------------------------------------------------------------------------- training

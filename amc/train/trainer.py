@@ -8,9 +8,7 @@ a pluggable ``evaluate(model) -> metrics`` callable.
 from __future__ import annotations
 
 import math
-import os
 import random
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader
 
+from amc.atomic import atomic_file
 from amc.errors import CheckpointError
 from amc.models.io import save_model
 from amc.models.yolo import YOLOv7
@@ -257,14 +256,8 @@ class Trainer:
                  "ema_updates": self.ema.updates, "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "best_fitness": self.best_fitness, "best_metrics": self.best_metrics, "history": self.history}
-        self.save_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", dir=self.save_dir)
-        os.close(fd)
-        try:
+        with atomic_file(self.save_dir / STATE_FILE) as tmp:
             torch.save(state, tmp)
-            os.replace(tmp, self.save_dir / STATE_FILE)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
 
     def _load_state(self, path: Path) -> None:
         """Resume: only tensors and plain values are read (``weights_only=True``: no code runs)."""
