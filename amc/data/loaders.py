@@ -402,3 +402,18 @@ def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.T
         t[:, 0] = k
         out.append(t)
     return torch.stack(images, 0), torch.cat(out, 0)
+
+
+def sample_batches(dataset: DetectionDataset, n_batches: int, batch_size: int, img_size: int,
+                   seed: int = 0, augment: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A few fixed training batches (images in [0, 1], targets as :func:`collate`), e.g. to calibrate a criterion.
+
+    The images are a deterministic subset (``seed``) of ``dataset``, letterboxed to ``img_size`` (no augmentation
+    unless asked), so the same seed gives the same batches on every run.
+    """
+    n = min(len(dataset), n_batches * batch_size)
+    if n == 0:
+        return []
+    train = TrainSet(dataset.subset(n, seed), img_size=img_size, augment=augment, seed=seed, cache=False)
+    items = [train[i] for i in range(n)]
+    return [collate(items[i:i + batch_size]) for i in range(0, n, batch_size)]

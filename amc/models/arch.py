@@ -29,6 +29,9 @@ from amc.errors import ConfigError
 #: Module names of the official YOLOv7 family cfgs that amc builds.
 CONV_MODULES = ("Conv", "RepConv", "DownC", "SPPCSPC")
 HEAD_MODULES = ("Detect", "IDetect", "IAuxDetect")
+#: The explicit output widths of each module with learned channels (what pruning edits).
+WIDTH_KEYS: dict[str, tuple[str, ...]] = {"Conv": ("c2",), "RepConv": ("c2",), "DownC": ("cv1", "cv2", "cv3"),
+                                          "SPPCSPC": tuple(f"cv{j}" for j in range(1, 8))}
 OTHER_MODULES = ("MP", "SP", "ReOrg", "Concat", "Shortcut", "Upsample")
 KNOWN_MODULES = CONV_MODULES + HEAD_MODULES + OTHER_MODULES
 #: Modules a cfg row may repeat (``number`` > 1, scaled by ``depth_multiple``): copies are chained, each
@@ -135,12 +138,13 @@ class Architecture:
 def output_channels(layer: LayerSpec, c_in: list[int]) -> int:
     """Output width of ``layer`` given the widths of its inputs."""
     m, a = layer.module, layer.args
+    # Widths are used as given (validated ints): the pruning space runs this with symbolic widths.
     if m in ("Conv", "RepConv"):
-        return int(a["c2"])
+        return a["c2"]
     if m == "DownC":
-        return int(a["cv2"]) + int(a["cv3"])
+        return a["cv2"] + a["cv3"]
     if m == "SPPCSPC":
-        return int(a["cv7"])
+        return a["cv7"]
     if m == "Concat":
         return sum(c_in)
     if m == "ReOrg":
@@ -348,6 +352,11 @@ def validate(arch: Architecture, source: str) -> None:
     if n_in != expected:
         raise ConfigError(f"{source}: {head.module} reads {n_in} layers but there are {nl} anchor rows "
                           f"(expected {expected} inputs)")
+    for i, layer in enumerate(arch.layers):
+        for key in WIDTH_KEYS.get(layer.module, ()):
+            value = layer.args.get(key)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{source}: layer {i} ({layer.module}) needs an integer '{key}', got {value!r}")
     channels = arch.channels()
     for i, layer in enumerate(arch.layers):
         ins = [arch.ch if j < 0 else channels[j] for j in layer.sources(i)]

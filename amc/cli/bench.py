@@ -1,0 +1,137 @@
+"""``amc-bench``: measurements kept out of the test suite (they take minutes or depend on the machine).
+
+Examples::
+
+    amc-bench                       # bench=pruning: policy cost / apply timings and the baseline table
+    amc-bench bench.cost_models=[yolov7-tiny] bench.latency.threads=1
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from amc.atomic import atomic_write_json
+from amc.cli.app import amc_app, console, print_table, run_dir
+from amc.cli.info import parse_img_size
+from amc.errors import ConfigError
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def _packaged_model(name: str, seed: int):  # noqa: ANN202
+    from amc.models import YOLOv7, load_cfg
+    from amc.models.io import packaged
+
+    path = packaged(f"training/{name}.yaml")
+    if path is None:
+        raise ConfigError(f"{name} is not a packaged official cfg (see conf/model/)")
+    torch.manual_seed(seed)
+    return YOLOv7(load_cfg(path)).eval()
+
+
+def pruning_bench(cfg: DictConfig) -> dict:
+    """Analytic cost, masked and physical policy application, and the uniform / global baseline table."""
+    from amc.eval.latency import compare_cpu_latency
+    from amc.pruning.baselines import global_magnitude_policy, uniform_policy
+    from amc.pruning.criteria import make_criterion
+    from amc.pruning.masks import ChannelMasks
+    from amc.pruning.physical import prune_model
+    from amc.pruning.space import ChannelRounding, PruningSpace
+
+    b = cfg.bench
+    img_size = parse_img_size(b.img_size)
+    rounding = ChannelRounding(int(b.pruning.multiple), int(b.pruning.min_channels), float(b.pruning.max_ratio))
+    rng = np.random.default_rng(int(cfg.seed))
+    cost_rows, cost_results = [], {}
+    for name in b.cost_models:
+        model = _packaged_model(str(name), int(cfg.seed))
+        build_ms = _median_ms(lambda: PruningSpace.from_model(model, img_size, rounding), 3)
+        space = PruningSpace.from_model(model, img_size, rounding)
+        policies = [rng.uniform(0, rounding.max_ratio, len(space)) for _ in range(max(1, int(b.apply_repeats)))]
+        widths = [space.kept_channels(p) for p in policies]
+        cost_ms = _median_ms(lambda: space.cost(widths[0]), int(b.cost_repeats))
+        criterion = make_criterion(str(b.criterion), seed=int(cfg.seed))
+        criterion.prepare(model, space, None)
+        masks = ChannelMasks(model, space)
+        it = iter(range(10**9))
+        masked_ms = _median_ms(lambda: masks.apply(criterion.select(list(widths[next(it) % len(widths)]))),
+                               int(b.apply_repeats))
+        masks.remove()
+        it = iter(range(10**9))
+        physical_ms = _median_ms(
+            lambda: prune_model(model, space, criterion.select(list(widths[next(it) % len(widths)]))),
+            int(b.apply_repeats))
+        cost_results[str(name)] = {"units": len(space), "space_build_ms": build_ms, "analytic_cost_ms": cost_ms,
+                                   "apply_masked_ms": masked_ms, "apply_physical_ms": physical_ms}
+        cost_rows.append([name, len(space), f"{build_ms:.1f}", f"{cost_ms * 1e3:.1f}", f"{masked_ms:.2f}",
+                          f"{physical_ms:.1f}", f"{physical_ms / masked_ms:.0f}x"])
+    print_table(f"cost of one policy on CPU ({torch.get_num_threads()} threads, {img_size[0]}x{img_size[1]})",
+                ["model", "units", "space build ms", "analytic cost us", "apply masked ms", "apply physical ms",
+                 "physical / masked"], cost_rows)
+
+    model = _packaged_model(str(b.table_model), int(cfg.seed))
+    space = PruningSpace.from_model(model, img_size, rounding)
+    criterion = make_criterion(str(b.criterion), seed=int(cfg.seed))
+    criterion.prepare(model, space, None)
+    lat = b.latency
+    base = model.cost(img_size)
+    # Every model is built first and timed interleaved with the others (see amc.eval.latency).
+    rows = [{"method": "unpruned", "budget": 1.0, "params": base.params, "gflops": base.gflops, "flops_ratio": 1.0}]
+    deployed = {"unpruned": copy.deepcopy(model).eval().fuse()}
+    for budget in b.budgets:
+        for method in b.methods:
+            found = (uniform_policy(space, float(budget)) if method == "uniform"
+                     else global_magnitude_policy(model, space, float(budget)))
+            pruned = prune_model(model, space, criterion.select(list(space.kept_channels(found.ratios))))
+            cost = pruned.cost(img_size)
+            rows.append({"method": str(method), "budget": float(budget), "params": cost.params,
+                         "gflops": cost.gflops, "flops_ratio": cost.macs / base.macs})
+            deployed[f"{method}@{budget}"] = pruned.eval().fuse()
+    timings = compare_cpu_latency(deployed, img_size, int(lat.batch_size), int(lat.threads), int(lat.warmup),
+                                  int(lat.runs), int(lat.rounds))
+    table = []
+    for row, latency in zip(rows, timings.values()):
+        table.append({**row, "latency_ms": latency.median_ms, "latency_min_ms": latency.min_ms,
+                      "speedup": timings["unpruned"].median_ms / latency.median_ms})
+    print_table(f"{b.table_model} at {img_size[0]}x{img_size[1]}: baselines at equal FLOPs budgets "
+                f"(CPU, {lat.threads} threads, batch {lat.batch_size}, fused, median of {lat.runs} interleaved runs)",
+                ["method", "budget", "params", "GFLOPs", "FLOPs kept", "CPU ms", "speed-up"],
+                [[r["method"], f"{r['budget']:.0%}", f"{r['params'] / 1e6:.2f}M", f"{r['gflops']:.2f}",
+                  f"{r['flops_ratio']:.1%}", f"{r['latency_ms']:.1f}", f"{r['speedup']:.2f}x"] for r in table],
+                numeric_from=1)
+    return {"cost": cost_results, "baselines": {"model": str(b.table_model), "rows": table}}
+
+
+BENCHES: dict[str, Callable[[DictConfig], dict]] = {"pruning": pruning_bench}
+
+
+@amc_app("bench")
+def main(cfg: DictConfig) -> dict:
+    name = str(cfg.bench.name)
+    if name not in BENCHES:
+        raise ConfigError(f"bench={name} is unknown; choose one of {', '.join(BENCHES)}")
+    results = BENCHES[name](cfg)
+    results["machine"] = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+                          "threads": torch.get_num_threads()}
+    out = atomic_write_json(run_dir() / "metrics.json", {"bench": name, **results})
+    console.print(f"results written to {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pruning engine: the pruning space of a YOLOv7 model, policies, criteria, physical and masked pruning."""
