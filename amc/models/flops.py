@@ -19,8 +19,18 @@ from amc.models.arch import HEAD_MODULES, Architecture, LayerSpec
 BN_MACS_PER_ELEMENT = 4
 
 
+class HasGflops:
+    """Mixin: ``gflops`` (2 x MACs / 1e9, the thop convention) of anything with a ``macs`` count."""
+
+    macs: int
+
+    @property
+    def gflops(self) -> float:
+        return 2 * self.macs / 1e9
+
+
 @dataclass
-class LayerCost:
+class LayerCost(HasGflops):
     """Cost of one layer at a given input size."""
 
     index: int
@@ -30,10 +40,6 @@ class LayerCost:
     out_hw: tuple[int, int]
     params: int
     macs: int
-
-    @property
-    def gflops(self) -> float:
-        return 2 * self.macs / 1e9
 
 
 @dataclass

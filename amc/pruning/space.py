@@ -30,7 +30,7 @@ import numpy as np
 
 from amc.errors import ConfigError
 from amc.models.arch import HEAD_MODULES, WIDTH_KEYS, Architecture
-from amc.models.flops import count_architecture
+from amc.models.flops import HasGflops, count_architecture
 
 Slot = tuple[int, str]  # (layer index, width key)
 Segment = tuple[Slot, int]  # (slot, channels)
@@ -74,7 +74,7 @@ class HeadInput:
 
 
 @dataclass(frozen=True)
-class PruningUnit:
+class PruningUnit(HasGflops):
     """A group of channels removed together, described as AMC's state embedding needs.
 
     Attributes:
@@ -100,10 +100,6 @@ class PruningUnit:
     macs: int
     params: int
     producers: tuple[str, ...]
-
-    @property
-    def gflops(self) -> float:
-        return 2 * self.macs / 1e9
 
 
 @dataclass(frozen=True)
@@ -185,15 +181,11 @@ class QuadraticCost:
 
 
 @dataclass(frozen=True)
-class PolicyCost:
-    """Cost of a policy (whole model, one image)."""
+class PolicyCost(HasGflops):
+    """Cost of a policy (whole model, one image): parameters and multiply-accumulates."""
 
     params: int
     macs: int
-
-    @property
-    def gflops(self) -> float:
-        return 2 * self.macs / 1e9
 
 
 @dataclass
