@@ -45,7 +45,7 @@ def test_default_uniform_half_flops_on_the_demo(tmp_path: Path) -> None:
     space = PruningSpace.from_model(original, 640)
     assert policy.fingerprint == space.fingerprint
 
-    # the written policy re-applied gives the same model, weight for weight
+    # the written policy re-applied gives the same model, weight for weight (with the policy's criterion)
     run = amc_prune(f"hydra.run.dir={tmp_path / 'b'}", "method=policy", f"policy={tmp_path / 'a' / 'policy.yaml'}",
                     "latency.runs=0", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
@@ -93,13 +93,23 @@ def test_finegrained_mode(tmp_path: Path) -> None:
 @pytest.mark.parametrize("overrides, message", [
     (["budget.flops=0.01"], "unreachable"),
     (["budget.flops=1.5"], "budget.flops must be a fraction"),
-    (["criterion=magic"], "criterion must be one of"),
+    (["criterion=magic"], "unknown pruning criterion 'magic'"),
     (["method=policy"], "needs policy=FILE"),
     (["method=policy", "policy=missing.yaml"], "does not exist"),
     (["method=policy", "policy={wrong}"], "policy was made for model"),
     (["method=policy", "policy={edited}"], "outside [0, 0.9]"),
     (["method=nope"], "method must be one of"),
     (["+criterion_options.samples=3"], "has no option 'samples'"),
+    (["latency.rounds=abc"], "latency.rounds must be an integer"),
+    (["latency.threads=0"], "latency.threads must be >= 1"),
+    (["pruning.multiple=abc"], "pruning.multiple must be an integer"),
+    (["pruning.max_ratio=1.0"], "max_ratio must be in [0, 1)"),
+    (["calibration.batches=0", "criterion=taylor"], "calibration.batches must be >= 1"),
+    (["seed=x"], "seed must be an integer"),
+    (["mode=finegrained", "finegrained.sparsity=abc"], "finegrained.sparsity must be a number"),
+    (["mode=finegrained", "finegrained.sparsity=1.0"], "finegrained.sparsity must be in"),
+    (["method=policy", "policy={badsize}"], "img_size must be [height, width] > 0"),
+    (["method=policy", "policy={badcrit}"], "criterion must be one of"),
 ])
 def test_user_errors_end_in_one_line(tmp_path: Path, overrides: list[str], message: str) -> None:
     space = PruningSpace.from_model(load_model(str(FIXTURES / "yolov7-tiny.pt"))[0], 640)
@@ -108,9 +118,14 @@ def test_user_errors_end_in_one_line(tmp_path: Path, overrides: list[str], messa
     edited = Policy.from_ratios(demo_space, [0.5] * len(demo_space)).to_dict()
     edited["ratios"][demo_space.names[3]] = 0.95
     (tmp_path / "edited.yaml").write_text(yaml.safe_dump(edited))
-    args = [o.format(wrong=tmp_path / "wrong.yaml", edited=tmp_path / "edited.yaml") for o in overrides]
+    good = Policy.from_ratios(demo_space, [0.5] * len(demo_space)).to_dict()
+    (tmp_path / "badsize.yaml").write_text(yaml.safe_dump({**good, "img_size": [0, -5]}))
+    (tmp_path / "badcrit.yaml").write_text(yaml.safe_dump({**good, "criterion": "bogus"}))
+    args = [o.format(wrong=tmp_path / "wrong.yaml", edited=tmp_path / "edited.yaml", badsize=tmp_path / "badsize.yaml",
+                     badcrit=tmp_path / "badcrit.yaml") for o in overrides]
     run = amc_prune(*args, f"hydra.run.dir={tmp_path / 'run'}", "latency.runs=0", cwd=tmp_path)
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], run.stderr
-    assert not (tmp_path / "run" / "model").exists()  # refused before any pruning work
+    # refused before any pruning work: nothing written
+    assert not any((tmp_path / "run" / f).exists() for f in ("model", "policy.yaml", "metrics.json"))

@@ -105,3 +105,38 @@ def load_data_from_config(data_cfg: DictConfig, split: str | None = None):  # no
         candidates = [root / "images" / split, root / split]
         images = next((c for c in candidates if c.is_dir()), candidates[0])
     return load_dataset("coco", annotations, split, images_dir=images)
+
+
+def config_number(node: DictConfig, key: str, kind: type = int, low: float | None = None, high: float | None = None,
+                  optional: bool = False, prefix: str = "") -> Any:
+    """``node[key]`` as an ``int`` or ``float`` in ``[low, high]``; anything else is a one-line user error.
+
+    Commands read every number this way before doing any work, so a typo never surfaces as a traceback
+    halfway through a run.
+    """
+    value = node.get(key)
+    name = f"{prefix}{key}"
+    if value is None and optional:
+        return None
+    try:
+        if isinstance(value, bool) or value is None:
+            raise ValueError
+        number = kind(value)
+        if kind is int and number != float(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise AmcError(f"{name} must be {'an integer' if kind is int else 'a number'}"
+                       f"{' or null' if optional else ''}, got {value!r}") from None
+    if (low is not None and number < low) or (high is not None and number > high):
+        bounds = f">= {low}" if high is None else f"<= {high}" if low is None else f"in [{low}, {high}]"
+        raise AmcError(f"{name} must be {bounds}, got {number}")
+    return number
+
+
+def rounding_from_config(node: DictConfig):  # noqa: ANN201 (keeps torch out of this module's imports)
+    """The ``pruning:`` group (multiple, min_channels, max_ratio) as a :class:`ChannelRounding`."""
+    from amc.pruning.space import ChannelRounding
+
+    return ChannelRounding(config_number(node, "multiple", int, 1, prefix="pruning."),
+                           config_number(node, "min_channels", int, 1, prefix="pruning."),
+                           config_number(node, "max_ratio", float, 0.0, prefix="pruning."))

@@ -17,23 +17,13 @@ from typing import Any
 from omegaconf import DictConfig
 
 from amc.atomic import atomic_write_json
-from amc.cli.app import amc_app, console, load_data_from_config, load_model_from_config, print_table, run_dir
+from amc.cli.app import (amc_app, config_number, console, load_data_from_config, load_model_from_config,
+                         print_table, rounding_from_config, run_dir)
 from amc.cli.info import parse_img_size
 from amc.errors import ConfigError
 
 METHODS = ("uniform", "global", "policy")
 MODES = ("structured", "finegrained")
-
-
-def _budget(cfg: DictConfig) -> float:
-    flops = cfg.budget.get("flops")
-    try:
-        value = float(flops)
-    except (TypeError, ValueError):
-        raise ConfigError(f"budget.flops must be a fraction in (0, 1], got {flops!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise ConfigError(f"budget.flops must be a fraction in (0, 1], got {value}")
-    return value
 
 
 def _row(name: str, params: int, gflops: float, fused_gflops: float | None, latency: Any, base: dict) -> list:
@@ -42,17 +32,23 @@ def _row(name: str, params: int, gflops: float, fused_gflops: float | None, late
             "-" if fused_gflops is None else f"{fused_gflops:.3f}", lat]
 
 
-def _latencies(before, after, cfg: DictConfig, img_size):  # noqa: ANN001, ANN202
+def _latency_settings(cfg: DictConfig) -> dict[str, Any]:
+    return {"runs": config_number(cfg.latency, "runs", int, 0, prefix="latency."),
+            "rounds": config_number(cfg.latency, "rounds", int, 1, prefix="latency."),
+            "threads": config_number(cfg.latency, "threads", int, 1, optional=True, prefix="latency.")}
+
+
+def _latencies(before, after, latency: dict[str, Any], img_size):  # noqa: ANN001, ANN202
     """CPU latency of the fused models before and after, timed interleaved (None, None when disabled)."""
     import copy
 
     from amc.eval.latency import compare_cpu_latency
 
-    if int(cfg.latency.runs) <= 0:
+    if latency["runs"] <= 0:
         return None, None
     models = {name: copy.deepcopy(m).eval().fuse() for name, m in (("before", before), ("after", after))}
-    found = compare_cpu_latency(models, img_size, threads=cfg.latency.threads, runs=int(cfg.latency.runs),
-                                rounds=int(cfg.latency.rounds))
+    found = compare_cpu_latency(models, img_size, threads=latency["threads"], runs=latency["runs"],
+                                rounds=latency["rounds"])
     return found["before"], found["after"]
 
 
@@ -83,42 +79,51 @@ def structured(cfg: DictConfig, img_size: tuple[int, int]) -> dict:
     from amc.data.loaders import sample_batches
     from amc.models.io import save_model
     from amc.pruning.apply import apply_policy
-    from amc.pruning.criteria import CRITERIA, make_criterion
+    from amc.pruning.baselines import check_budget, global_magnitude_policy, uniform_policy
+    from amc.pruning.criteria import make_criterion
     from amc.pruning.policy import Policy
-    from amc.pruning.space import ChannelRounding, PruningSpace
+    from amc.pruning.space import PruningSpace
 
-    # Everything a user can get wrong is checked before the model is touched.
-    policy_file = None
+    # Everything a user can get wrong is checked before any pruning work starts.
+    seed = config_number(cfg, "seed", int)
+    latency = _latency_settings(cfg)
+    policy_file = budget = None
     if cfg.method == "policy":
         if not cfg.policy:
             raise ConfigError("method=policy needs policy=FILE (a policy YAML from amc-prune or amc-search)")
         policy_file = Policy.load(str(cfg.policy))
+        # A policy brings its rounding, image size and (unless criterion= is given) its criterion.
         rounding, img_size = policy_file.rounding, policy_file.img_size
+        criterion_name = str(cfg.criterion or policy_file.criterion)
     else:
-        budget = _budget(cfg)
-        rounding = ChannelRounding(int(cfg.pruning.multiple), int(cfg.pruning.min_channels),
-                                   float(cfg.pruning.max_ratio))
-    if cfg.criterion not in CRITERIA:
-        raise ConfigError(f"criterion must be one of {', '.join(CRITERIA)}, got {cfg.criterion!r}")
-    criterion = make_criterion(str(cfg.criterion), seed=int(cfg.seed), **criterion_options(cfg))
+        budget = config_number(cfg.budget, "flops", float, prefix="budget.")
+        if not 0.0 < budget <= 1.0:
+            raise ConfigError(f"budget.flops must be a fraction in (0, 1] of the unpruned FLOPs, got {budget}")
+        rounding = rounding_from_config(cfg.pruning)
+        criterion_name = str(cfg.criterion or "l1")
+    criterion = make_criterion(criterion_name, seed=seed, **criterion_options(cfg))
+    batches_n = config_number(cfg.calibration, "batches", int, 1, prefix="calibration.")
+    batch_size = config_number(cfg.calibration, "batch_size", int, 1, prefix="calibration.")
+    calib_size = config_number(cfg.calibration, "img_size", int, 32, prefix="calibration.")
     model, names, source = load_model_from_config(cfg.model)
     space = PruningSpace.from_model(model, img_size, rounding)
-    if policy_file is not None:
-        ratios, info = policy_file.ratios_for(space), {"method": policy_file.method, "budget": policy_file.budget,
-                                                       "metrics": policy_file.metrics}
-    else:
-        from amc.pruning.baselines import global_magnitude_policy, uniform_policy
-
-        found = (uniform_policy(space, budget) if cfg.method == "uniform"
-                 else global_magnitude_policy(model, space, budget))
-        ratios, info = found.ratios, {"method": str(cfg.method), "budget": {"flops": budget}}
+    if budget is not None:
+        check_budget(space, budget, fused=False)
     batches = None
     if criterion.needs_data:
         dataset = load_data_from_config(cfg.data, str(cfg.data.get("train_split") or cfg.data.split))
-        batches = sample_batches(dataset, int(cfg.calibration.batches), int(cfg.calibration.batch_size),
-                                 int(cfg.calibration.img_size), seed=int(cfg.seed))
+        batches = sample_batches(dataset, batches_n, batch_size, calib_size, seed=seed)
         if not batches:
-            raise ConfigError(f"criterion {criterion.name} needs calibration images but the dataset is empty")
+            raise ConfigError(f"criterion {criterion.name} needs calibration images but {dataset.source} has none")
+    if policy_file is not None:
+        ratios = policy_file.ratios_for(space)
+        info = {"method": policy_file.method, "budget": policy_file.budget, "metrics": policy_file.metrics}
+        console.print(f"applying {cfg.policy}: its rounding (multiple {rounding.multiple}, min {rounding.min_channels},"
+                      f" max ratio {rounding.max_ratio}) and image size {img_size[0]}x{img_size[1]}")
+    else:
+        found = (uniform_policy(space, budget) if cfg.method == "uniform"
+                 else global_magnitude_policy(model, space, budget))
+        ratios, info = found.ratios, {"method": str(cfg.method), "budget": {"flops": budget}}
     console.print(f"{len(space)} prunable units; pruning with {info['method']} ratios, {criterion.name} channels")
     pruned, selection = apply_policy(model, space, ratios, criterion, batches)
 
@@ -130,7 +135,7 @@ def structured(cfg: DictConfig, img_size: tuple[int, int]) -> dict:
     before, after = model.cost(img_size), pruned.cost(img_size)
     fused_before = space.cost(space.full_widths, fused=True)
     fused_after = space.cost(selection.widths, fused=True)
-    lat_before, lat_after = _latencies(model, pruned, cfg, img_size)
+    lat_before, lat_after = _latencies(model, pruned, latency, img_size)
     metrics = {
         "model": source, "method": info["method"], "criterion": criterion.name, "img_size": list(img_size),
         "units": len(space), "params": after.params, "gflops": after.gflops,
@@ -156,9 +161,7 @@ def finegrained(cfg: DictConfig, img_size: tuple[int, int]) -> dict:
     from amc.models.io import save_model
     from amc.pruning.finegrained import apply_finegrained, nonzero_cost
 
-    sparsity = float(cfg.finegrained.sparsity)
-    if not 0.0 <= sparsity < 1.0:
-        raise ConfigError(f"finegrained.sparsity must be in [0, 1), got {sparsity}")
+    sparsity = config_number(cfg.finegrained, "sparsity", float, 0.0, 0.999, prefix="finegrained.")
     model, names, source = load_model_from_config(cfg.model)
     before = nonzero_cost(model, img_size)
     report = apply_finegrained(model, sparsity)

@@ -6,7 +6,6 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from amc.errors import ConfigError
 from amc.models.yolo import YOLOv7
 from amc.pruning.criteria import Criterion, make_criterion
 from amc.pruning.physical import prune_model
@@ -19,8 +18,6 @@ def select_channels(model: YOLOv7, space: PruningSpace, ratios: Sequence[float],
     """The channels ``criterion`` keeps in every unit under ``ratios`` (validated against ``space`` first)."""
     kept = space.kept_channels(ratios)
     crit = make_criterion(criterion) if isinstance(criterion, str) else criterion
-    if crit.needs_data and batches is None:
-        raise ConfigError(f"criterion {crit.name} needs calibration batches (data)")
     crit.prepare(model, space, batches)
     return crit.select([int(k) for k in kept])
 

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from amc.errors import ConfigError
+from amc.registry import make_registered, option_names
 from amc.models.heads import IDetect
 from amc.models.yolo import YOLOv7
 from amc.pruning.selection import ChannelSelection, segment_indices, top_channels
@@ -698,13 +699,6 @@ def make_criterion(name: str, seed: int | None = None, **options: Any) -> Criter
         ConfigError: an unknown name or option (the message lists the valid ones).
     """
     cls = CRITERIA.get(str(name))
-    if cls is None:
-        raise ConfigError(f"unknown pruning criterion {name!r}; valid criteria: {', '.join(sorted(CRITERIA))}")
-    valid = [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
-    if seed is not None and "seed" in valid:
+    if seed is not None and cls is not None and "seed" in option_names(cls):
         options.setdefault("seed", int(seed))
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ConfigError(f"pruning criterion {name!r} has no option {unknown[0]!r}; its options: "
-                          f"{', '.join(valid) if valid else 'none'}")
-    return cls(**options)
+    return make_registered(CRITERIA, name, "pruning criterion", **options)

@@ -26,7 +26,10 @@ class ChannelMasks:
     """
 
     def __init__(self, model: YOLOv7, space: PruningSpace) -> None:
+        if getattr(model, "_amc_channel_masks", None) is not None:
+            raise RuntimeError("this model already has channel masks; remove() them before masking it again")
         self.model, self.space = model, space
+        model._amc_channel_masks = self
         device = next(model.parameters()).device
         self.unit_masks = [torch.ones(1, u.channels, 1, 1, device=device) for u in space.units]
         self.head_masks = [torch.ones(1, sum(c for _, c in h.inputs), 1, 1, device=device)
@@ -44,13 +47,14 @@ class ChannelMasks:
     @staticmethod
     def _output_hook(mask: torch.Tensor):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-            return output * mask
+            # follow the activation's dtype and device (fp16 inference, a model moved after masking)
+            return output * mask.to(device=output.device, dtype=output.dtype)
         return hook
 
     @staticmethod
     def _input_hook(mask: torch.Tensor):
         def hook(module: nn.Module, args: tuple) -> tuple:
-            return (args[0] * mask,)
+            return (args[0] * mask.to(device=args[0].device, dtype=args[0].dtype),)
         return hook
 
     @torch.no_grad()
@@ -88,3 +92,4 @@ class ChannelMasks:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self.model._amc_channel_masks = None

@@ -67,5 +67,6 @@ def prune_model(model: YOLOv7, space: PruningSpace, selection: ChannelSelection)
         new_state[name] = tensor.clone()
     pruned.load_state_dict(new_state, strict=True)
     pruned.train(model.training)
-    return pruned.to(next(model.parameters()).device)
+    reference = next(model.parameters())
+    return pruned.to(device=reference.device, dtype=reference.dtype)
 

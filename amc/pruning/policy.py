@@ -38,6 +38,7 @@ import yaml
 
 from amc.atomic import atomic_write_text
 from amc.errors import ConfigError
+from amc.pruning.criteria import CRITERIA
 from amc.pruning.space import ChannelRounding, PruningSpace
 
 POLICY_FORMAT = "amc-policy/1"
@@ -157,13 +158,18 @@ class Policy:
             rounding = ChannelRounding(**(data.get("rounding") or {}))
             size = data.get("img_size", [640, 640])
             img_size = (int(size[0]), int(size[1]))
+            if len(size) != 2 or min(img_size) < 1:
+                raise ValueError(f"img_size must be [height, width] > 0, got {size}")
         except (TypeError, ValueError, IndexError) as e:
             raise ConfigError(f"{where}: malformed rounding or img_size ({e})") from None
+        criterion = str(data.get("criterion", "l1"))
+        if criterion not in CRITERIA:
+            raise ConfigError(f"{where}: criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
         for key in ("budget", "cost", "metrics"):
             if not isinstance(data.get(key) or {}, dict):
                 raise ConfigError(f"{where}: '{key}' must be a mapping")
         return cls(ratios={str(k): float(v) for k, v in ratios.items()}, fingerprint=model["fingerprint"],
-                   rounding=rounding, img_size=img_size, method=method, criterion=str(data.get("criterion", "l1")),
+                   rounding=rounding, img_size=img_size, method=method, criterion=criterion,
                    budget=dict(data.get("budget") or {}), cost=dict(data.get("cost") or {}),
                    metrics=dict(data.get("metrics") or {}), source=str(model.get("source", "")),
                    channels={str(k): int(v) for k, v in channels.items()})

@@ -295,7 +295,10 @@ class PruningSpace:
         """Channel counts ``target`` (per unit, or for the first ``len(full)`` units) rounded as :attr:`rounding` says."""
         full = self.full_widths if full is None else full
         m = self.rounding.multiple
-        kept = np.floor(np.asarray(target, dtype=np.float64) / m + 0.5) * m
+        target = np.asarray(target, dtype=np.float64)
+        kept = np.floor(target / m + 0.5) * m
+        # The full width is always a valid choice, also when the multiple does not divide it (ratio 0 keeps all).
+        kept = np.where(np.abs(full - target) <= np.abs(kept - target), full, kept)
         return np.clip(kept, np.minimum(full, self.rounding.min_channels), full).astype(np.int64)
 
     @property
