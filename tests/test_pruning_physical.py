@@ -142,3 +142,22 @@ def test_every_official_cfg_uniform_half_flops(name, tmp_path):
     assert all(torch.isfinite(t).all() for t in ref)
     loaded, _ = load_model(save_model(pruned, tmp_path / "m"))
     assert_close(outputs(loaded, x), ref)
+
+
+def test_masks_follow_half_precision_and_refuse_double_masking():
+    model = randomize_(YOLOv7(parse_cfg(mini_cfg())), seed=5).eval()
+    space = PruningSpace.from_model(model, 64, small_rounding())
+    selection = random_selection(space, 4)
+    pruned = prune_model(model.double(), space, selection)
+    assert next(pruned.parameters()).dtype == torch.float64  # the pruned copy keeps the source dtype
+    masks = ChannelMasks(model, space)
+    with pytest.raises(RuntimeError, match="already has channel masks"):
+        ChannelMasks(model, space)
+    masks.apply(selection)
+    x = torch.rand(1, 3, 64, 64, dtype=torch.float64)
+    assert_close(outputs(model, x), outputs(pruned, x))
+    model.bfloat16()  # the masks are fp32; the hooks follow the activations' dtype
+    with torch.no_grad():
+        assert model(x.bfloat16())[0].dtype == torch.bfloat16
+    masks.remove()
+    ChannelMasks(model, space).remove()  # removable, then maskable again

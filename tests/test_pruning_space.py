@@ -133,3 +133,12 @@ def test_bad_rounding():
         ChannelRounding(multiple=0)
     with pytest.raises(ConfigError):
         ChannelRounding(max_ratio=1.0)
+
+
+def test_full_width_reachable_when_the_multiple_does_not_divide_it():
+    space = PruningSpace.from_architecture(parse_cfg(mini_cfg()), 64, ChannelRounding(multiple=7, min_channels=1))
+    full = space.full_widths
+    assert np.any(full % 7 != 0)
+    assert np.array_equal(space.kept_channels(np.zeros(len(space))), full)  # ratio 0 keeps every channel
+    kept = space.kept_channels(np.full(len(space), 0.5))
+    assert np.all((kept % 7 == 0) | (kept == full))

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from amc.atomic import atomic_write_json
-from amc.cli.app import amc_app, console, print_table, run_dir
+from amc.cli.app import amc_app, console, print_table, rounding_from_config, run_dir
 from amc.cli.info import parse_img_size
 from amc.errors import ConfigError
 
@@ -51,11 +51,14 @@ def pruning_bench(cfg: DictConfig) -> dict:
     from amc.pruning.criteria import make_criterion
     from amc.pruning.masks import ChannelMasks
     from amc.pruning.physical import prune_model
-    from amc.pruning.space import ChannelRounding, PruningSpace
+    from amc.pruning.space import PruningSpace
 
     b = cfg.bench
     img_size = parse_img_size(b.img_size)
-    rounding = ChannelRounding(int(b.pruning.multiple), int(b.pruning.min_channels), float(b.pruning.max_ratio))
+    rounding = rounding_from_config(b.pruning)
+    unknown = [m for m in b.methods if m not in ("uniform", "global")]
+    if unknown or len(set(b.budgets)) != len(b.budgets):
+        raise ConfigError(f"bench.methods must be uniform/global (got {list(b.methods)}) and bench.budgets distinct")
     rng = np.random.default_rng(int(cfg.seed))
     cost_rows, cost_results = [], {}
     for name in b.cost_models:
@@ -71,18 +74,28 @@ def pruning_bench(cfg: DictConfig) -> dict:
         it = iter(range(10**9))
         masked_ms = _median_ms(lambda: masks.apply(criterion.select(list(widths[next(it) % len(widths)]))),
                                int(b.apply_repeats))
-        masks.remove()
         it = iter(range(10**9))
         physical_ms = _median_ms(
             lambda: prune_model(model, space, criterion.select(list(widths[next(it) % len(widths)]))),
             int(b.apply_repeats))
+        # Applying is half the story: a masked model still runs at full cost, a physical one at its own.
+        selection = criterion.select(list(space.kept_channels(uniform_policy(space, 0.5).ratios)))
+        masks.apply(selection)
+        forward = compare_cpu_latency({"masked": model, "physical": prune_model(model, space, selection)},
+                                      img_size, 1, int(b.latency.threads), 1, int(b.forward_runs), 5)
+        masks.remove()
+        fwd_masked, fwd_physical = forward["masked"].median_ms, forward["physical"].median_ms
+        gain = fwd_masked - fwd_physical
+        break_even = (physical_ms - masked_ms) / gain if gain > 0 else float("inf")
         cost_results[str(name)] = {"units": len(space), "space_build_ms": build_ms, "analytic_cost_ms": cost_ms,
-                                   "apply_masked_ms": masked_ms, "apply_physical_ms": physical_ms}
+                                   "apply_masked_ms": masked_ms, "apply_physical_ms": physical_ms,
+                                   "forward_masked_ms": fwd_masked, "forward_physical_ms": fwd_physical,
+                                   "break_even_images": break_even}
         cost_rows.append([name, len(space), f"{build_ms:.1f}", f"{cost_ms * 1e3:.1f}", f"{masked_ms:.2f}",
-                          f"{physical_ms:.1f}", f"{physical_ms / masked_ms:.0f}x"])
+                          f"{physical_ms:.1f}", f"{fwd_masked:.1f}", f"{fwd_physical:.1f}", f"{break_even:.1f}"])
     print_table(f"cost of one policy on CPU ({torch.get_num_threads()} threads, {img_size[0]}x{img_size[1]})",
                 ["model", "units", "space build ms", "analytic cost us", "apply masked ms", "apply physical ms",
-                 "physical / masked"], cost_rows)
+                 "forward masked ms", "forward physical ms (50% FLOPs)", "break-even images"], cost_rows)
 
     model = _packaged_model(str(b.table_model), int(cfg.seed))
     space = PruningSpace.from_model(model, img_size, rounding)

@@ -1,0 +1,158 @@
+"""Reward functions of the search: what one episode's policy is worth, from its accuracy and its cost.
+
+All rewards grow with accuracy. ``budget`` assumes the environment enforces the budget (AMC's
+resource-constrained mode: actions are clipped so every policy fits), so accuracy alone is the reward.
+A non-finite result (NaN mAP from a collapsed model, an infinite latency) never reaches the agent: it
+becomes :attr:`RewardFunction.penalty`, flagged so the episode can be logged and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from amc.errors import ConfigError
+from amc.registry import make_registered
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EpisodeOutcome:
+    """What an episode's policy achieved.
+
+    Attributes:
+        map50_95: proxy mAP@0.5:0.95 in [0, 1].
+        flops: FLOPs of the pruned model (2 x MACs, one image).
+        params: its parameters.
+        latency_ms: its measured or table-estimated latency (None if not measured).
+        full_flops, full_params, full_latency_ms: the unpruned model's figures.
+    """
+
+    map50_95: float
+    flops: float
+    params: float
+    full_flops: float
+    full_params: float
+    latency_ms: float | None = None
+    full_latency_ms: float | None = None
+
+    @property
+    def error(self) -> float:
+        return 1.0 - self.map50_95
+
+
+@dataclass(frozen=True)
+class Reward:
+    """The reward of one episode and whether it had to be replaced by the penalty."""
+
+    value: float
+    penalized: bool
+    reason: str = ""
+
+
+class RewardFunction(ABC):
+    """Maps an :class:`EpisodeOutcome` to a scalar; higher is better.
+
+    Args:
+        penalty: the reward of an episode whose result is not finite (below any real reward).
+    """
+
+    name: ClassVar[str]
+    needs_latency: ClassVar[bool] = False
+
+    def __init__(self, penalty: float = -10.0) -> None:
+        if not math.isfinite(penalty):
+            raise ConfigError(f"reward penalty must be finite, got {penalty}")
+        self.penalty = float(penalty)
+
+    @abstractmethod
+    def value(self, outcome: EpisodeOutcome) -> float:
+        """The raw reward (may be non-finite for broken outcomes)."""
+
+    def __call__(self, outcome: EpisodeOutcome) -> Reward:
+        """The reward, with any non-finite input or result replaced by :attr:`penalty` (and logged)."""
+        fields = {"map50_95": outcome.map50_95, "flops": outcome.flops, "params": outcome.params}
+        if self.needs_latency:
+            fields["latency_ms"] = outcome.latency_ms if outcome.latency_ms is not None else float("nan")
+        bad = [k for k, v in fields.items() if v is None or not math.isfinite(v)]
+        try:
+            value = float("nan") if bad else self.value(outcome)
+        except (ValueError, ZeroDivisionError, OverflowError) as e:
+            value, bad = float("nan"), [f"{type(e).__name__}: {e}"]
+        if not math.isfinite(value):
+            reason = f"non-finite {', '.join(bad)}" if bad else f"non-finite {self.name} reward"
+            log.warning("episode penalized (%s): reward %s replaced by %s", reason, value, self.penalty)
+            return Reward(self.penalty, True, reason)
+        return Reward(value, False)
+
+
+class NegativeError(RewardFunction):
+    """``-error`` with error = 1 - mAP: accuracy only (the budget is enforced by the environment)."""
+
+    name = "error"
+
+    def value(self, outcome: EpisodeOutcome) -> float:
+        return -outcome.error
+
+
+class BudgetAccuracy(NegativeError):
+    """Budget-constrained accuracy (AMC's resource-constrained search): ``-error``; the environment clips the
+    actions so every policy meets the FLOPs, params or latency budget, so accuracy is all that is left."""
+
+    name = "budget"
+
+
+class ErrorLogFlops(RewardFunction):
+    """AMC's accuracy-guaranteed reward ``-error * log(FLOPs)``: fewer FLOPs at the same error score higher."""
+
+    name = "error_log_flops"
+
+    def value(self, outcome: EpisodeOutcome) -> float:
+        return -outcome.error * math.log(outcome.flops)
+
+
+class LatencyAware(RewardFunction):
+    """MnasNet-style latency reward ``mAP * (latency / target) ** w``.
+
+    ``w`` is ``alpha`` when the latency is within the target and ``beta`` above it (MnasNet's soft constraint
+    uses alpha = beta = -0.07; alpha = 0, beta = -1 makes the target nearly hard).
+
+    Args:
+        target_ms: the latency target in ms; None uses the unpruned model's latency times ``target_fraction``.
+        target_fraction: target as a fraction of the unpruned latency when ``target_ms`` is None.
+    """
+
+    name = "latency"
+    needs_latency = True
+
+    def __init__(self, target_ms: float | None = None, target_fraction: float = 0.5, alpha: float = -0.07,
+                 beta: float = -0.07, penalty: float = -10.0) -> None:
+        super().__init__(penalty)
+        if target_ms is not None and not target_ms > 0:
+            raise ConfigError(f"reward target_ms must be positive, got {target_ms}")
+        if not 0 < target_fraction <= 1:
+            raise ConfigError(f"reward target_fraction must be in (0, 1], got {target_fraction}")
+        self.target_ms, self.target_fraction, self.alpha, self.beta = target_ms, target_fraction, alpha, beta
+
+    def value(self, outcome: EpisodeOutcome) -> float:
+        target = self.target_ms
+        if target is None:
+            if outcome.full_latency_ms is None:
+                raise ValueError("the latency reward needs the unpruned latency or reward.target_ms")
+            target = outcome.full_latency_ms * self.target_fraction
+        ratio = outcome.latency_ms / target
+        return outcome.map50_95 * ratio ** (self.alpha if ratio <= 1 else self.beta)
+
+
+REWARDS: dict[str, type[RewardFunction]] = {cls.name: cls for cls in
+                                             (NegativeError, ErrorLogFlops, BudgetAccuracy, LatencyAware)}
+"""Every reward function by name (``reward.name`` in ``conf/``)."""
+
+
+def make_reward(name: str, **options: Any) -> RewardFunction:
+    """A reward function by name with its options; unknown names or options end in a one-line ConfigError."""
+    return make_registered(REWARDS, name, "reward", **options)

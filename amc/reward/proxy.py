@@ -1,0 +1,180 @@
+"""Proxy mAP of a pruning policy: masked model, adaptive BatchNorm, a fixed val subset at reduced resolution.
+
+Scoring a policy must be fast (the search runs hundreds of episodes) and must rank policies the way their
+real accuracy does. Following EagleEye, BatchNorm statistics are re-estimated on a few training batches
+after pruning ("adaptive BN"): without it an un-fine-tuned pruned detector keeps statistics of channels
+that no longer feed it and scores near zero, whatever its quality.
+
+Everything is prepared once in :class:`ProxyEvaluator`: the val subset decoded and letterboxed on the device,
+the BN calibration batches on the device, the ground truth indexed, the channel masks hooked into the model
+and the unpruned BatchNorm state saved. An episode then only runs: set masks -> BN passes -> val passes ->
+NMS -> mAP, and restores the BatchNorm state.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from amc.data.datasets import DetectionDataset
+from amc.data.loaders import EvalSet, sample_batches
+from amc.errors import ConfigError
+from amc.eval.evaluator import DetectionEvaluator, EvalSettings, check_classes
+from amc.models.yolo import YOLOv7
+from amc.pruning.masks import ChannelMasks
+from amc.pruning.selection import ChannelSelection
+from amc.pruning.space import PruningSpace
+
+
+@dataclass
+class ProxySettings:
+    """How a policy is scored (``conf/reward/*.yaml`` ``proxy:``).
+
+    Attributes:
+        val_images: size of the fixed val subset (drawn with ``seed``; None = the whole split).
+        img_size: letterbox size (long side) of the val images; smaller is faster.
+        batch_size: val images per forward pass.
+        adaptive_bn: re-estimate BatchNorm statistics after pruning.
+        bn_batches, bn_batch_size, bn_img_size: the training batches that re-estimate them.
+        bn_augment: draw those batches with the training augmentation (mosaic ...), the distribution the
+            trained statistics came from; plain letterboxed images shift the statistics of the unpruned model.
+        seed: picks the val subset and the BN images.
+        eval: NMS settings (the official test protocol by default).
+    """
+
+    val_images: int | None = 200
+    img_size: int = 256
+    batch_size: int = 32
+    adaptive_bn: bool = True
+    bn_batches: int = 4
+    bn_batch_size: int = 32
+    bn_img_size: int = 256
+    bn_augment: bool = True
+    seed: int = 0
+    eval: EvalSettings | None = None
+
+    def __post_init__(self) -> None:
+        if self.val_images is not None and self.val_images < 1:
+            raise ConfigError(f"proxy.val_images must be >= 1 or null, got {self.val_images}")
+        for key in ("img_size", "batch_size", "bn_img_size", "bn_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"proxy.{key} must be >= 1, got {getattr(self, key)}")
+        if self.adaptive_bn and self.bn_batches < 1:
+            raise ConfigError(f"proxy.bn_batches must be >= 1 with adaptive_bn, got {self.bn_batches}")
+
+
+@dataclass
+class ProxyResult:
+    """Proxy mAP of one policy and where the time went."""
+
+    map50_95: float
+    map50: float
+    images: int
+    bn_s: float  # adaptive-BN forward passes
+    eval_s: float  # val forward passes + NMS
+    total_s: float  # everything, including masks and COCOeval
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Replace every BatchNorm's running statistics by their plain average over ``batches`` (adaptive BN).
+
+    Only the BatchNorm layers run in training mode (cumulative average, ``momentum=None``); the rest of the
+    model, the head included, stays in eval mode. Leaves the model in eval mode.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    model.eval()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    try:
+        for images in batches:
+            model(images)
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+            bn.eval()
+
+
+class ProxyEvaluator:
+    """Scores channel selections of one model by proxy mAP (the search's per-episode evaluation).
+
+    Args:
+        model: the unfused model being pruned; it is used in place (masked), and restored after each call.
+        space: its pruning space.
+        val: the val split (a subset of ``settings.val_images`` is drawn once).
+        train: the training split the BN batches come from (None: no adaptive BN).
+        settings: see :class:`ProxySettings`.
+        device: where everything runs.
+        cache_dir: where the decoded val subset is cached between runs (None: no disk cache).
+    """
+
+    def __init__(self, model: YOLOv7, space: PruningSpace, val: DetectionDataset,
+                 train: DetectionDataset | None, settings: ProxySettings | None = None,
+                 device: torch.device | str = "cpu", cache_dir: str | None = None) -> None:
+        self.settings = s = settings or ProxySettings()
+        self.device = torch.device(device)
+        check_classes(model, val)
+        if s.adaptive_bn and (train is None or len(train) == 0):
+            raise ConfigError("adaptive BN needs training images: give a train split or set proxy.adaptive_bn=false")
+        self.model = model.to(self.device).eval()
+        self.space = space
+        subset = val.subset(s.val_images, s.seed)
+        eval_set = EvalSet(subset, s.img_size, s.batch_size, stride=int(model.stride.max()), progress=False,
+                           cache_path=cache_dir).to(self.device)
+        self.evaluator = DetectionEvaluator(subset, eval_set, s.eval or EvalSettings(), self.device)
+        self.bn_batches: list[torch.Tensor] = []
+        if s.adaptive_bn:
+            batches = sample_batches(train, s.bn_batches, s.bn_batch_size, s.bn_img_size, seed=s.seed,
+                                     augment=s.bn_augment)
+            self.bn_batches = [images.to(self.device) for images, _ in batches]
+        self.masks = ChannelMasks(self.model, space)
+        # The unpruned BatchNorm state, restored after every episode (adaptive BN overwrites it).
+        self._bn_state = {k: v.clone() for k, v in self.model.state_dict().items()
+                          if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+    @property
+    def num_images(self) -> int:
+        return self.evaluator.eval_set.num_images
+
+    def __call__(self, selection: ChannelSelection | None) -> ProxyResult:
+        """Proxy mAP of the model pruned to ``selection`` (None: the unpruned model)."""
+        start = time.perf_counter()
+        try:
+            if selection is None:
+                self.masks.reset()
+            else:
+                self.masks.apply(selection)
+            bn_s = 0.0
+            if self.settings.adaptive_bn:
+                t0 = time.perf_counter()
+                recalibrate_batch_norm(self.model, self.bn_batches)
+                self._sync()
+                bn_s = time.perf_counter() - t0
+            result = self.evaluator(self.model)
+        finally:
+            self.restore()
+        return ProxyResult(result.map50_95, result.map50, result.images, bn_s, result.inference_s,
+                           time.perf_counter() - start)
+
+    def restore(self) -> None:
+        """The unpruned model again: all channels, original weights and BatchNorm statistics."""
+        self.masks.reset()
+        self.model.load_state_dict(self._bn_state, strict=False)
+
+    def close(self) -> None:
+        """Remove the masks' hooks; the model is as it was given."""
+        self.restore()
+        self.masks.remove()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

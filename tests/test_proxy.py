@@ -1,0 +1,76 @@
+"""Proxy mAP: adaptive BN, masked == physical scoring, state restored after every episode."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from amc.data.datasets import load_dataset
+from amc.data.loaders import EvalSet, sample_batches
+from amc.errors import ConfigError
+from amc.eval.evaluator import DetectionEvaluator, EvalSettings
+from amc.models.io import load_model
+from amc.pruning import ChannelRounding, PruningSpace, make_criterion, prune_model, uniform_policy
+from amc.reward.proxy import ProxyEvaluator, ProxySettings, recalibrate_batch_norm
+
+SETTINGS = dict(val_images=120, img_size=256, bn_batches=2, bn_batch_size=32, bn_img_size=256,
+                eval=EvalSettings(conf_thres=0.01, max_det=100))
+
+
+@pytest.fixture(scope="module")
+def demo():
+    # the demo splits in the amc cache folder (generated on first use, as the quick start does)
+    model, _ = load_model("demo-model")
+    space = PruningSpace.from_model(model, 256, ChannelRounding(8, 8, 0.9))
+    criterion = make_criterion("l1")
+    criterion.prepare(model, space)
+    selection = criterion.select(list(space.kept_channels(uniform_policy(space, 0.85).ratios)))
+    return model, space, selection, load_dataset("demo", None, "val"), load_dataset("demo", None, "train")
+
+
+def test_adaptive_bn_helps_the_pruned_model_not_the_unpruned(demo):
+    model, space, selection, val, train = demo
+    with_bn = ProxyEvaluator(model, space, val, train, ProxySettings(**SETTINGS))
+    full_bn, pruned_bn = with_bn(None), with_bn(selection)
+    with_bn.close()
+    without = ProxyEvaluator(model, space, val, train, ProxySettings(adaptive_bn=False, **SETTINGS))
+    full, pruned = without(None), without(selection)
+    without.close()
+    assert abs(full_bn.map50_95 - full.map50_95) < 0.01  # the unpruned model: same mAP within noise
+    assert pruned_bn.map50_95 > pruned.map50_95 + 0.01  # the pruned model: re-estimated statistics help
+    assert full.map50_95 > pruned_bn.map50_95  # and pruning still costs accuracy
+    assert pruned_bn.bn_s > 0 and pruned.bn_s == 0 and pruned_bn.images == 120
+
+
+def test_masked_proxy_equals_physical_model_with_the_same_statistics(demo):
+    model, space, selection, val, train = demo
+    before = copy.deepcopy(model.state_dict())
+    proxy = ProxyEvaluator(model, space, val, train, ProxySettings(**SETTINGS))
+    masked = proxy(selection)
+    proxy.close()
+    for k, v in model.state_dict().items():  # weights and BatchNorm statistics restored
+        assert torch.equal(v, before[k]), k
+    pruned = prune_model(model, space, selection)
+    batches = sample_batches(train, 2, 32, 256, seed=0, augment=True)
+    recalibrate_batch_norm(pruned, [images for images, _ in batches])
+    subset = val.subset(120, 0)
+    physical = DetectionEvaluator(subset, EvalSet(subset, 256, 32, progress=False), SETTINGS["eval"])(pruned)
+    assert masked.map50_95 == pytest.approx(physical.map50_95, abs=2e-3)
+    assert masked.map50 == pytest.approx(physical.map50, abs=2e-3)
+
+
+def test_settings_are_checked():
+    with pytest.raises(ConfigError, match="val_images"):
+        ProxySettings(val_images=0)
+    with pytest.raises(ConfigError, match="bn_batches"):
+        ProxySettings(bn_batches=0)
+    with pytest.raises(ConfigError, match="img_size"):
+        ProxySettings(img_size=0)
+
+
+def test_adaptive_bn_needs_training_images(demo):
+    model, space, _, val, _ = demo
+    with pytest.raises(ConfigError, match="training images"):
+        ProxyEvaluator(model, space, val, None, ProxySettings(**SETTINGS))
