@@ -66,3 +66,17 @@ def test_bad_names_and_options():
         make_reward("error", penalty=float("-inf"))
     with pytest.raises(ConfigError, match="target_ms"):
         make_reward("latency", target_ms=-1.0)
+
+
+@pytest.mark.parametrize("name", sorted(REWARDS))
+def test_every_reward_has_a_config(name):
+    """conf/reward/<name>.yaml builds the reward it names, with every option it lists."""
+    from pathlib import Path
+
+    import yaml
+
+    from amc.reward.functions import reward_from_config
+
+    node = yaml.safe_load((Path(__file__).parents[1] / "conf" / "reward" / f"{name}.yaml").read_text())
+    reward = reward_from_config(node)
+    assert reward.name == name and reward.penalty == node["penalty"]

@@ -3,6 +3,8 @@
 Examples::
 
     amc-bench                       # bench=pruning: policy cost / apply timings and the baseline table
+    amc-bench bench=fidelity        # proxy mAP vs full-val and fine-tuned mAP (Spearman rho), scatter plot
+    amc-bench bench=speed           # proxy evaluation time per episode vs the bare forward passes
     amc-bench bench.cost_models=[yolov7-tiny] bench.latency.threads=1
 """
 
@@ -130,7 +132,20 @@ def pruning_bench(cfg: DictConfig) -> dict:
     return {"cost": cost_results, "baselines": {"model": str(b.table_model), "rows": table}}
 
 
-BENCHES: dict[str, Callable[[DictConfig], dict]] = {"pruning": pruning_bench}
+def fidelity_bench(cfg: DictConfig) -> dict:
+    from amc.reward.benchmarks import fidelity_bench as run
+
+    return run(cfg)
+
+
+def speed_bench(cfg: DictConfig) -> dict:
+    from amc.reward.benchmarks import speed_bench as run
+
+    return run(cfg)
+
+
+BENCHES: dict[str, Callable[[DictConfig], dict]] = {"pruning": pruning_bench, "fidelity": fidelity_bench,
+                                                    "speed": speed_bench}
 
 
 @amc_app("bench")

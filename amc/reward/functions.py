@@ -12,6 +12,7 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from amc.errors import ConfigError
@@ -156,3 +157,11 @@ REWARDS: dict[str, type[RewardFunction]] = {cls.name: cls for cls in
 def make_reward(name: str, **options: Any) -> RewardFunction:
     """A reward function by name with its options; unknown names or options end in a one-line ConfigError."""
     return make_registered(REWARDS, name, "reward", **options)
+
+
+def reward_from_config(node: Mapping[str, Any]) -> RewardFunction:
+    """The reward a ``conf/reward/*.yaml`` node describes: ``name`` plus that reward's options."""
+    options = {str(k): v for k, v in dict(node).items() if k != "name"}
+    if "name" not in node:
+        raise ConfigError("reward config needs a 'name' (one of: " + ", ".join(REWARDS) + ")")
+    return make_reward(str(node["name"]), **options)
