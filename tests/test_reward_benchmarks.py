@@ -1,0 +1,126 @@
+"""The reward evaluator's benchmarks (amc/reward/benchmarks.py): Spearman, budget scaling, the plot, and both
+benches end to end on the tiny demo data with tiny settings (their real runs are `amc-bench bench=fidelity|speed`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_module
+
+from amc.errors import ConfigError
+from amc.reward.benchmarks import (average_ranks, fidelity_bench, proxy_settings, scale_to_budget, scatter_svg,
+                                   spearman, speed_bench)
+
+
+def bench_cfg(name: str, *overrides: str):
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        return compose("bench", overrides=[f"bench={name}", *overrides])
+
+
+# ---------------------------------------------------------------------------------------------- Spearman
+def test_average_ranks_share_ties():
+    assert average_ranks([3, 1, 3, 2]).tolist() == [3.5, 1.0, 3.5, 2.0]
+    assert average_ranks([5, 5, 5]).tolist() == [2.0, 2.0, 2.0]
+    assert average_ranks([0.2, 0.1]).tolist() == [2.0, 1.0]
+
+
+def test_spearman_known_values():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3], [1, 4, 9]) == pytest.approx(1.0)  # any monotone map
+    # No ties: 1 - 6 sum d^2 / (n (n^2 - 1)) = 1 - 6 * 4 / 120
+    assert spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)
+    # Ties: x ranks [1, 2.5, 2.5, 4] against [1, 2, 3, 4] -> 4.5 / sqrt(4.5 * 5)
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(4.5 / math.sqrt(22.5))
+    assert spearman([0.1, 0.3, 0.3, 0.3], [0.2, 0.1, 0.1, 0.9]) == pytest.approx(
+        np.corrcoef(average_ranks([0.1, 0.3, 0.3, 0.3]), average_ranks([0.2, 0.1, 0.1, 0.9]))[0, 1])
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))  # nothing to rank
+    assert math.isnan(spearman([1], [2]))
+    with pytest.raises(ValueError):
+        spearman([1, 2], [1, 2, 3])
+    with pytest.raises(ValueError):
+        spearman([1, float("nan")], [1, 2])
+
+
+# ---------------------------------------------------------------------------------------------- policies
+def test_scale_to_budget_meets_the_budget_along_the_direction():
+    from amc.models import load_model
+    from amc.pruning.space import ChannelRounding, PruningSpace
+
+    model, _ = load_model("demo-model")
+    space = PruningSpace.from_model(model, 256, ChannelRounding(4, 4, 0.9))
+    rng = np.random.default_rng(0)
+    for budget in (0.9, 0.8, 0.6):
+        direction = rng.uniform(0, 0.9, len(space))
+        ratios = scale_to_budget(space, direction, budget)
+        kept = space.policy_cost(ratios).macs / space.full_cost.macs
+        assert kept <= budget and kept > budget - 0.1
+        free = ratios < 0.9
+        s = ratios[free] / direction[free]
+        assert np.allclose(s, s[0])  # one scale for every unit below max_ratio
+    with pytest.raises(ConfigError):
+        scale_to_budget(space, np.ones(len(space)), 0.001)
+
+
+def test_proxy_settings_overrides():
+    s = proxy_settings({"val_images": 50, "eval": {"conf_thres": 0.01}})
+    assert s.val_images == 50 and s.eval.conf_thres == 0.01
+    with pytest.raises(ConfigError, match="unknown proxy setting"):
+        proxy_settings({"val_imgs": 50})
+
+
+def test_scatter_svg_is_well_formed():
+    svg = scatter_svg([0.1, 0.2, 0.3], {"full": [0.1, 0.25, 0.3], "tuned <x>": [0.4, 0.5, 0.45]},
+                      title="a & b", x_label="proxy", y_label="mAP")
+    root = ET.fromstring(svg)
+    circles = root.findall(".//{http://www.w3.org/2000/svg}circle")
+    assert len(circles) == 3 * 2 + 2  # points + legend markers
+    assert "proxy" in svg and "mAP" in svg
+
+
+# ---------------------------------------------------------------------------------------------- benches
+TINY_PROXY = ["+bench.proxy.val_images=4", "+bench.proxy.img_size=96", "+bench.proxy.bn_batches=1",
+              "+bench.proxy.bn_batch_size=4", "+bench.proxy.bn_img_size=96"]
+
+
+def test_fidelity_bench_tiny(tiny_demo, tmp_path):
+    root, _, _ = tiny_demo
+    cfg = bench_cfg("fidelity", f"bench.data_path={root}", "bench.policies=3", "bench.img_size=96",
+                    "bench.full.bn_batches=1", "bench.full.bn_batch_size=4", "bench.finetune.epochs=1",
+                    "bench.finetune.batch_size=4", "bench.finetune.nominal_batch_size=4",
+                    "+bench.proxy_variants.small={val_images:3}", *TINY_PROXY)
+    results = fidelity_bench(cfg, out_dir=tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    for key in ("n_policies", "spearman_proxy_full", "spearman_proxy_finetuned", "policies", "timings", "settings"):
+        assert key in saved, key
+    assert saved["n_policies"] == 3 == len(saved["policies"])
+    assert [p["kind"] for p in saved["policies"]] == ["uniform", "global", "random"]
+    for p in saved["policies"]:
+        assert p["flops_ratio"] <= 0.8
+        assert 0.0 <= p["proxy_map50_95"] <= 1.0 and 0.0 <= p["full_map50_95"] <= 1.0
+        assert 0.0 <= p["finetuned_map50_95"] <= 1.0 and 0.0 <= p["small_map50_95"] <= 1.0
+    proxy = [p["proxy_map50_95"] for p in saved["policies"]]
+    full = [p["full_map50_95"] for p in saved["policies"]]
+    expected = spearman(proxy, full)
+    assert saved["spearman_proxy_full"] == (None if math.isnan(expected) else pytest.approx(expected))
+    assert set(saved["variants"]) == {"proxy", "small"}
+    assert results["n_policies"] == 3
+    ET.fromstring((tmp_path / "fidelity.svg").read_text())
+
+
+def test_speed_bench_tiny(tiny_demo, tmp_path):
+    root, _, _ = tiny_demo
+    cfg = bench_cfg("speed", f"bench.data_path={root}", "bench.episodes=2", "bench.warmup=0", *TINY_PROXY)
+    results = speed_bench(cfg, out_dir=tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["overhead_ratio"] > 0 and saved["episode_s"] > 0
+    assert set(saved["models"]) == {"demo", "yolov7-tiny"}
+    for r in saved["models"].values():
+        assert r["episode_s"] >= r["bn_s"] + r["val_s"] > 0
+        assert r["overhead_ratio"] == pytest.approx(r["episode_s"] / r["floor_s"])
+        assert r["images"] == 4 and r["bn_images"] == 4
+    assert results["episode_s"] == saved["episode_s"]
