@@ -5,6 +5,7 @@ Examples::
     amc-bench                       # bench=pruning: policy cost / apply timings and the baseline table
     amc-bench bench=fidelity        # proxy mAP vs full-val and fine-tuned mAP (Spearman rho), scatter plot
     amc-bench bench=speed           # proxy evaluation time per episode vs the bare forward passes
+    amc-bench bench=latency         # per-unit latency table: build time, estimate cost, error vs measured
     amc-bench bench.cost_models=[yolov7-tiny] bench.latency.threads=1
 """
 
@@ -132,6 +133,40 @@ def pruning_bench(cfg: DictConfig) -> dict:
     return {"cost": cost_results, "baselines": {"model": str(b.table_model), "rows": table}}
 
 
+def latency_bench(cfg: DictConfig) -> dict:
+    """Build a latency lookup table and compare its estimates with measured pruned models."""
+    from amc.eval.latency_table import LatencyTable, validate_table
+    from amc.pruning.baselines import uniform_policy
+    from amc.pruning.space import PruningSpace
+    from amc.reward.benchmarks import scale_to_budget
+
+    b = cfg.bench
+    img_size = parse_img_size(b.img_size)
+    model = _packaged_model(str(b.model), int(cfg.seed))
+    space = PruningSpace.from_model(model, img_size, rounding_from_config(b.pruning))
+    t0 = time.perf_counter()
+    table = LatencyTable.build(model, space, str(b.backend), threads=int(b.threads), grid=int(b.grid),
+                               rest=str(b.rest))
+    build_s = time.perf_counter() - t0
+    table.save(run_dir() / "latency_table.json")
+    half = space.kept_channels(uniform_policy(space, 0.5).ratios)
+    estimate_us = _median_ms(lambda: table.estimate(half), int(b.estimate_calls)) * 1e3
+    rng = np.random.default_rng(int(cfg.seed))
+    policies = {f"uniform {float(x):.0%}": uniform_policy(space, float(x)).ratios for x in b.budgets}
+    for k in range(int(b.random_policies)):
+        policies[f"random {k}"] = scale_to_budget(space, rng.uniform(0, 1, len(space)), rng.uniform(0.3, 0.7))
+    check = validate_table(table, model, space, policies, "l1", runs=int(b.runs), rounds=int(b.rounds))
+    rows = [[r.name, f"{r.flops_ratio:.1%}", f"{r.estimated_ms:.1f}", f"{r.measured_ms:.1f}", f"{r.rel_error:+.1%}"]
+            for r in [*check.rows, check.reference]]
+    print_table(f"{b.model} at {img_size[0]}x{img_size[1]} on {b.backend} ({b.threads} threads): table estimate vs "
+                f"measured (built in {build_s:.1f} s, {estimate_us:.0f} us per estimate)",
+                ["policy", "FLOPs kept", "estimated ms", "measured ms", "error"], rows)
+    console.print(f"mean |error| {check.mean_abs_rel_error:.1%}, max {check.max_abs_rel_error:.1%} "
+                  f"(drift-corrected: mean {check.mean_abs_scaled_error:.1%}, max {check.max_abs_scaled_error:.1%})")
+    return {"model": str(b.model), "backend": str(b.backend), "img_size": list(img_size), "threads": int(b.threads),
+            "build_s": build_s, "estimate_us": estimate_us, "validation": check.to_dict()}
+
+
 def fidelity_bench(cfg: DictConfig) -> dict:
     from amc.reward.benchmarks import fidelity_bench as run
 
@@ -144,8 +179,8 @@ def speed_bench(cfg: DictConfig) -> dict:
     return run(cfg)
 
 
-BENCHES: dict[str, Callable[[DictConfig], dict]] = {"pruning": pruning_bench, "fidelity": fidelity_bench,
-                                                    "speed": speed_bench}
+BENCHES: dict[str, Callable[[DictConfig], dict]] = {"pruning": pruning_bench, "latency": latency_bench,
+                                                    "fidelity": fidelity_bench, "speed": speed_bench}
 
 
 @amc_app("bench")
