@@ -47,9 +47,13 @@ def test_adaptive_bn_helps_the_pruned_model_not_the_unpruned(demo):
 def test_masked_proxy_equals_physical_model_with_the_same_statistics(demo):
     model, space, selection, val, train = demo
     before = copy.deepcopy(model.state_dict())
-    proxy = ProxyEvaluator(model, space, val, train, ProxySettings(**SETTINGS))
+    proxy = ProxyEvaluator(model, space, val, train, ProxySettings(path="masked", **SETTINGS))
     masked = proxy(selection)
     proxy.close()
+    proxy = ProxyEvaluator(model, space, val, train, ProxySettings(**SETTINGS))  # physical, the default
+    sliced = proxy(selection)
+    proxy.close()
+    assert masked.map50_95 == pytest.approx(sliced.map50_95, abs=2e-3)
     for k, v in model.state_dict().items():  # weights and BatchNorm statistics restored
         assert torch.equal(v, before[k]), k
     pruned = prune_model(model, space, selection)
@@ -68,6 +72,8 @@ def test_settings_are_checked():
         ProxySettings(bn_batches=0)
     with pytest.raises(ConfigError, match="img_size"):
         ProxySettings(img_size=0)
+    with pytest.raises(ConfigError, match="proxy.path"):
+        ProxySettings(path="magic")
 
 
 def test_adaptive_bn_needs_training_images(demo):
