@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from amc.atomic import atomic_write_json, atomic_write_text
-from amc.cli.app import console, print_table
+from amc.cli.app import console, print_table, rounding_from_config
 from amc.errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------------------
@@ -271,7 +271,7 @@ def fidelity_bench(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     from amc.data.loaders import EvalSet, TrainSet, sample_batches
     from amc.eval.evaluator import DetectionEvaluator
     from amc.pruning.physical import prune_model
-    from amc.pruning.space import ChannelRounding, PruningSpace
+    from amc.pruning.space import PruningSpace
     from amc.reward.proxy import ProxyEvaluator, recalibrate_batch_norm
 
     b = cfg.bench
@@ -287,7 +287,7 @@ def fidelity_bench(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     val, train = _load_data(b)
     model = _load(str(b.model), b.get("nc"), seed)
     img_size = int(b.img_size)
-    rounding = ChannelRounding(int(b.pruning.multiple), int(b.pruning.min_channels), float(b.pruning.max_ratio))
+    rounding = rounding_from_config(b.pruning)
     space = PruningSpace.from_model(model, img_size, rounding)
     timings["setup_s"] = time.perf_counter() - t0
 
@@ -555,10 +555,10 @@ def _speed_one(label: str, model, val, train, settings, b: DictConfig, seed: int
     from amc.eval.nms import non_max_suppression
     from amc.pruning.criteria import make_criterion
     from amc.pruning.physical import prune_model
-    from amc.pruning.space import ChannelRounding, PruningSpace
+    from amc.pruning.space import PruningSpace
     from amc.reward.proxy import ProxyEvaluator, recalibrate_batch_norm
 
-    rounding = ChannelRounding(int(b.pruning.multiple), int(b.pruning.min_channels), float(b.pruning.max_ratio))
+    rounding = rounding_from_config(b.pruning)
     space = PruningSpace.from_model(model, settings.img_size, rounding)
     criterion = make_criterion(str(b.criterion), seed=seed)
     criterion.prepare(model, space, None)
