@@ -80,3 +80,17 @@ def test_adaptive_bn_needs_training_images(demo):
     model, space, _, val, _ = demo
     with pytest.raises(ConfigError, match="training images"):
         ProxyEvaluator(model, space, val, None, ProxySettings(**SETTINGS))
+
+
+def test_conf_proxy_default_equals_the_code_defaults():
+    """conf/proxy/default.yaml and ProxySettings() must not drift apart."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    import yaml
+
+    from amc.reward.benchmarks import proxy_settings
+
+    node = yaml.safe_load((Path(__file__).parents[1] / "conf" / "proxy" / "default.yaml").read_text())
+    from_conf, code = proxy_settings(node), ProxySettings()
+    assert asdict(from_conf) == asdict(code)

@@ -83,8 +83,8 @@ def test_scatter_svg_is_well_formed():
 
 
 # ---------------------------------------------------------------------------------------------- benches
-TINY_PROXY = ["+bench.proxy.val_images=4", "+bench.proxy.img_size=96", "+bench.proxy.bn_batches=1",
-              "+bench.proxy.bn_batch_size=4", "+bench.proxy.bn_img_size=96"]
+TINY_PROXY = ["bench.proxy.val_images=4", "bench.proxy.img_size=96", "bench.proxy.bn_batches=1",
+              "bench.proxy.bn_batch_size=4", "bench.proxy.bn_img_size=96"]
 
 
 def test_fidelity_bench_tiny(tiny_demo, tmp_path):

@@ -13,7 +13,7 @@ An episode then only runs: slice the pruned model (or set the masks) -> BN passe
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ from amc.pruning.space import PruningSpace
 
 @dataclass
 class ProxySettings:
-    """How a policy is scored (``conf/reward/*.yaml`` ``proxy:``).
+    """How a policy is scored (``conf/proxy/default.yaml`` holds the same defaults, with comments).
 
     Attributes:
         val_images: size of the fixed val subset (drawn with ``seed``; None = the whole split).
@@ -45,7 +45,7 @@ class ProxySettings:
             Same mAP; ``amc-bench bench=pruning`` measured slicing to pay for itself within one 640 px image
             (yolov7-tiny: 31 ms to slice, 41 ms saved per image at 50% FLOPs), so physical is the default.
         seed: picks the val subset and the BN images.
-        eval: NMS settings (the official test protocol by default).
+        eval: NMS settings of the proxy (see the comment on the field).
     """
 
     val_images: int | None = 200
@@ -58,7 +58,10 @@ class ProxySettings:
     bn_augment: bool = True
     path: str = "physical"
     seed: int = 0
-    eval: EvalSettings | None = None
+    # NMS: confidence 0.01 and 100 boxes per image instead of the official 0.001 / 300 halve the episode
+    # (fewer boxes through NMS and COCOeval) and rank as well: rho 0.993 against full-val mAP, 0.888 against
+    # fine-tuned mAP (official settings: 1.000 / 0.874), `amc-bench bench=fidelity` on the demo.
+    eval: EvalSettings = field(default_factory=lambda: EvalSettings(conf_thres=0.01, max_det=100))
 
     def __post_init__(self) -> None:
         if self.val_images is not None and self.val_images < 1:
@@ -136,7 +139,7 @@ class ProxyEvaluator:
         subset = val.subset(s.val_images, s.seed)
         eval_set = EvalSet(subset, s.img_size, s.batch_size, stride=int(model.stride.max()), progress=False,
                            cache_path=cache_dir).to(self.device)
-        self.evaluator = DetectionEvaluator(subset, eval_set, s.eval or EvalSettings(), self.device)
+        self.evaluator = DetectionEvaluator(subset, eval_set, s.eval, self.device)
         self.bn_batches: list[torch.Tensor] = []
         if s.adaptive_bn:
             batches = sample_batches(train, s.bn_batches, s.bn_batch_size, s.bn_img_size, seed=s.seed,
