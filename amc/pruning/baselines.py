@@ -15,6 +15,8 @@ A budget is ``flops_ratio``: the fraction of the unpruned model's FLOPs (MACs) t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,6 +79,32 @@ def check_budget(space: PruningSpace, flops_ratio: float, fused: bool = False) -
     return target
 
 
+def smallest_scale(space: PruningSpace, ratios_at: Callable[[float], np.ndarray], hi: float, flops_ratio: float,
+                   fused: bool = False, tol: float = 1e-12) -> float:
+    """The smallest ``s`` in ``[0, hi]`` whose policy ``ratios_at(s)`` keeps at most ``flops_ratio`` of the FLOPs.
+
+    The cost falls step by step as ``s`` grows (kept channels are rounded), so bisection finds the start of the
+    first step under the budget, to ``tol``. ``ratios_at(hi)`` must meet the budget.
+    """
+    budget = flops_ratio * _full_macs(space, fused)
+
+    def fits(s: float) -> bool:
+        return space.policy_cost(ratios_at(s), fused).macs <= budget
+
+    lo = 0.0
+    if fits(lo):
+        return lo
+    while hi - lo > tol:  # invariant: ratios_at(lo) is over the budget, ratios_at(hi) within it
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 def uniform_policy(space: PruningSpace, flops_ratio: float, fused: bool = False, tol: float = 1e-12) -> BaselineResult:
     """The same ratio for every unit: the smallest one whose model keeps at most ``flops_ratio`` of the FLOPs.
 
@@ -87,24 +115,8 @@ def uniform_policy(space: PruningSpace, flops_ratio: float, fused: bool = False,
         ConfigError: the budget is below :func:`minimum_flops_ratio`.
     """
     flops_ratio = check_budget(space, flops_ratio, fused)
-    n, full = len(space), _full_macs(space, fused)
-    budget = flops_ratio * full
-
-    def macs(r: float) -> int:
-        return space.policy_cost(np.full(n, r), fused).macs
-
-    lo, hi = 0.0, float(space.rounding.max_ratio)
-    if macs(lo) <= budget:
-        hi = lo
-    else:  # invariant: macs(lo) > budget >= macs(hi)
-        while hi - lo > tol:
-            mid = 0.5 * (lo + hi)
-            if mid in (lo, hi):
-                break
-            if macs(mid) <= budget:
-                hi = mid
-            else:
-                lo = mid
+    n = len(space)
+    hi = smallest_scale(space, lambda r: np.full(n, r), float(space.rounding.max_ratio), flops_ratio, fused, tol)
     ratios = np.full(n, hi)
     return _result("uniform", space, ratios, space.kept_channels(ratios), flops_ratio, fused)
 
