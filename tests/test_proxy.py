@@ -65,6 +65,21 @@ def test_masked_proxy_equals_physical_model_with_the_same_statistics(demo):
     assert masked.map50 == pytest.approx(physical.map50, abs=2e-3)
 
 
+def test_fast_and_cocoeval_backends_give_the_same_map(demo):
+    model, space, selection, val, train = demo
+    scores = {}
+    for backend in ("fast", "cocoeval"):
+        proxy = ProxyEvaluator(model, space, val, train, ProxySettings(adaptive_bn=False, map_backend=backend,
+                                                                       **SETTINGS))
+        assert proxy.evaluator.map_backend == backend
+        scores[backend] = proxy(None), proxy(selection)
+        proxy.close()
+    assert ProxySettings().map_backend == "fast"  # the proxy's default
+    for fast, coco in zip(scores["fast"], scores["cocoeval"]):
+        assert fast.map50_95 == pytest.approx(coco.map50_95, abs=1e-12) and fast.map50_95 > 0.1
+        assert fast.map50 == pytest.approx(coco.map50, abs=1e-12)
+
+
 def test_settings_are_checked():
     with pytest.raises(ConfigError, match="val_images"):
         ProxySettings(val_images=0)
@@ -74,6 +89,8 @@ def test_settings_are_checked():
         ProxySettings(img_size=0)
     with pytest.raises(ConfigError, match="proxy.path"):
         ProxySettings(path="magic")
+    with pytest.raises(ConfigError, match="proxy.map_backend"):
+        ProxySettings(map_backend="magic")
 
 
 def test_adaptive_bn_needs_training_images(demo):
@@ -94,3 +111,4 @@ def test_conf_proxy_default_equals_the_code_defaults():
     node = yaml.safe_load((Path(__file__).parents[1] / "conf" / "proxy" / "default.yaml").read_text())
     from_conf, code = proxy_settings(node), ProxySettings()
     assert asdict(from_conf) == asdict(code)
+    assert proxy_settings({"map_backend": "cocoeval"}).map_backend == "cocoeval"

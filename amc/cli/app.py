@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -20,6 +21,17 @@ console = Console()
 
 #: Hydra finds the configs in the ``conf`` package, from a source checkout and from an installed wheel alike.
 CONFIG_PATH = "pkg://conf"
+
+
+def _run_dir_or(resume: object, default: str) -> str:
+    """``hydra.run.dir`` of commands that can resume: the resumed run's folder, else the usual new one."""
+    return str(resume) if resume not in (None, "", "None", "null") else default
+
+
+# ``${amc_run_dir:${resume},<default>}`` in a command's config (conf/search.yaml): a resumed search writes into the
+# run directory it continues, not into a new one.
+if not OmegaConf.has_resolver("amc_run_dir"):
+    OmegaConf.register_new_resolver("amc_run_dir", _run_dir_or)
 
 
 def amc_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
@@ -37,9 +49,67 @@ def amc_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callabl
                 print("interrupted", file=sys.stderr)
                 sys.exit(130)
 
-        return hydra.main(config_path=CONFIG_PATH, config_name=config_name, version_base="1.3")(guarded)
+        hydra_main = hydra.main(config_path=CONFIG_PATH, config_name=config_name, version_base="1.3")(guarded)
+
+        @functools.wraps(task)
+        def entry() -> Any:
+            problem = unknown_group_option(sys.argv[1:]) or unwritable_output_dir(sys.argv[1:])
+            if problem:
+                print(f"error: {problem}", file=sys.stderr)
+                sys.exit(2)
+            return hydra_main()
+
+        return entry
 
     return wrap
+
+
+def unwritable_output_dir(args: Sequence[str]) -> str | None:
+    """A one-line message when the run (or sweep) directory given on the command line cannot be created.
+
+    Hydra creates it before a command starts and would answer with a traceback; the closest existing folder
+    on the path must be a folder this user may write to.
+    """
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") not in ("hydra.run.dir", "hydra.sweep.dir") or not value or "${" in value:
+            continue
+        path = Path(value).absolute()
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+            return (f"{key.lstrip('+')}={value} cannot be created ({path} is not a writable folder): "
+                    f"choose another {key.lstrip('+')}")
+    return None
+
+
+def config_groups() -> dict[str, list[str]]:
+    """amc's own config groups (folders of ``conf/``, Hydra's aside) and their options."""
+    import conf
+
+    root = Path(conf.__file__).parent
+    return {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in sorted(root.iterdir())
+            if d.is_dir() and d.name not in ("hydra", "__pycache__")}
+
+
+def unknown_group_option(args: Sequence[str]) -> str | None:
+    """A one-line message for the first ``group=option`` argument naming an option that does not exist, else None.
+
+    Hydra itself answers an unknown option with a multi-line listing; a command should say in one line what to fix.
+    Sweeps (``budget=flops,params``) are checked option by option.
+    """
+    groups = config_groups()
+    for arg in args:
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key not in groups or not value or value.startswith("${") or "(" in value:
+            continue
+        for option in value.split(","):
+            if option not in groups[key]:
+                return f"{key}={option} is not an option of {key}: choose one of {', '.join(groups[key])}"
+    return None
 
 
 def run_dir() -> Path:
@@ -50,8 +120,11 @@ def run_dir() -> Path:
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: int = 1) -> None:
     """Print a table; columns from ``numeric_from`` on are right-aligned."""
     table = Table(title=title, title_justify="left")
+    # The first column names the rows: never shortened, even when a narrow console squeezes the table.
+    first_width = max([len(str(columns[0]))] + [len(str(row[0])) for row in rows]) if columns else 0
     for i, c in enumerate(columns):
-        table.add_column(c, justify="right" if i >= numeric_from else "left")
+        table.add_column(c, justify="right" if i >= numeric_from else "left",
+                         min_width=first_width if i == 0 else None, no_wrap=i == 0)
     for row in rows:
         table.add_row(*(str(x) for x in row))
     console.print(table)

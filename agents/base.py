@@ -1,0 +1,223 @@
+"""What every search agent shares: the episode loop, the per-episode report and atomic, exact checkpoints.
+
+A search agent plays whole episodes of the pruning environment (one step per prunable unit, the reward at the
+last step) and, where it learns, updates itself after each episode. :meth:`SearchAgent.run` is resumable: it
+plays until ``episodes_done`` reaches the requested total, so a resumed search is ``load`` + ``run(same total)``.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium
+import numpy as np
+import torch
+
+from amc.atomic import atomic_file
+from amc.errors import CheckpointError, ConfigError
+
+CHECKPOINT = "agent.pt"
+"""The file :meth:`SearchAgent.save` writes into its directory (one file, so one rename makes it atomic)."""
+
+
+@dataclass
+class EpisodeReport:
+    """One finished episode, as the runner logs it.
+
+    Attributes:
+        episode: 0-based episode index.
+        ratios: the applied policy (sparsity per unit, after the environment's action wall).
+        reward: the episode's reward (the last step's reward).
+        penalized: whether the reward is the penalty of a non-finite outcome.
+        info: the last step's ``info`` (outcome, cost, kept widths ...).
+        metrics: the agent's own figures for this episode (losses, sigma, reward baseline ...).
+        phase: what the agent was doing: ``warmup``, ``explore``, ``random`` or ``uniform``.
+        seconds: wall time of the episode including the agent's updates.
+    """
+
+    episode: int
+    ratios: np.ndarray
+    reward: float
+    penalized: bool
+    info: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+    phase: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class Transition:
+    """One step as the agent stores it: the action is the one the environment applied, not the requested one."""
+
+    obs: np.ndarray
+    action: np.ndarray
+    next_obs: np.ndarray
+
+
+@dataclass
+class Rollout:
+    """One played episode: its transitions, the final reward and the last step's info."""
+
+    transitions: list[Transition]
+    reward: float
+    info: dict[str, Any]
+
+
+def ratio_bounds(env: gymnasium.Env) -> tuple[float, float]:
+    """The environment's ``(lo, hi)`` sparsity bounds: action -1 requests ``lo``, +1 requests ``hi``."""
+    bounds = getattr(env.unwrapped, "ratio_bounds", None)
+    if bounds is None:
+        raise ConfigError(f"{type(env.unwrapped).__name__} has no ratio_bounds: the agents need the pruning "
+                          "environment's (lo, hi) sparsity bounds to map ratios to actions")
+    lo, hi = (float(b) for b in bounds)
+    return lo, hi
+
+
+def requested_ratio(action: float, bounds: tuple[float, float]) -> float:
+    """The ratio the environment maps ``action`` to: ``lo + (a + 1) / 2 * (hi - lo)``, clipped to ``[lo, hi]``."""
+    lo, hi = bounds
+    a = min(max(float(action), -1.0), 1.0)
+    return min(max(lo + (a + 1.0) / 2.0 * (hi - lo), lo), hi)
+
+
+def ratio_to_action(ratio: float, bounds: tuple[float, float]) -> float:
+    """The float32 action that requests ``ratio``: the inverse of :func:`requested_ratio`, stepped up to the next
+    float32 where rounding would request a hair less (which could land below a channel-rounding step)."""
+    lo, hi = bounds
+    a = np.float32(np.clip(2.0 * (ratio - lo) / (hi - lo) - 1.0, -1.0, 1.0))
+    while a < 1.0 and requested_ratio(float(a), bounds) < ratio:
+        a = np.nextafter(a, np.float32(2.0))
+    return float(a)
+
+
+class SearchAgent(ABC):
+    """Plays episodes of a pruning environment and keeps every piece of state needed to continue exactly.
+
+    Subclasses implement :meth:`play_episode` and extend :meth:`state_dict` / :meth:`load_state_dict`; they
+    keep the constructor options they were built with in :attr:`options` so that :meth:`load` can rebuild them.
+    All randomness of an agent comes from its own ``numpy`` Generator (and, for networks, torch generators
+    seeded from it), never from global RNGs that other code (the evaluator, data loaders) also draws from:
+    that is what makes a seed reproduce the actions and a checkpoint continue them.
+
+    Args:
+        env: the pruning environment (``Box(-1, 1, (1,))`` actions, fixed-length episodes).
+        seed: seeds every random choice of the agent.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, env: gymnasium.Env, seed: int = 0) -> None:
+        space = env.action_space
+        if not (isinstance(space, gymnasium.spaces.Box) and space.shape == (1,)
+                and np.all(space.low == -1) and np.all(space.high == 1)):
+            raise ConfigError(f"search agents need a Box(-1, 1, (1,)) action space, got {space}")
+        self.env = env
+        self.seed = int(seed)
+        self.episodes_done = 0
+        self.rng = np.random.default_rng(self.seed)
+        self.options: dict[str, Any] = {}
+
+    # -- playing ---------------------------------------------------------------------------------------------
+
+    def run(self, episodes: int, on_episode: Callable[[EpisodeReport], None] | None = None) -> None:
+        """Play episodes until :attr:`episodes_done` equals ``episodes``.
+
+        ``on_episode`` is called after each episode and the agent's updates for it, so a :meth:`save` there
+        captures a state from which :meth:`run` continues exactly.
+        """
+        if episodes < self.episodes_done:
+            raise ConfigError(f"the agent has already played {self.episodes_done} episodes; ask for at least that "
+                              f"many (got {episodes})")
+        while self.episodes_done < episodes:
+            report = self.play_episode()
+            if on_episode is not None:
+                on_episode(report)
+
+    @abstractmethod
+    def play_episode(self) -> EpisodeReport:
+        """Play one episode, update the agent for it, increment :attr:`episodes_done` and report it."""
+
+    def rollout(self, act: Callable[[np.ndarray], float]) -> Rollout:
+        """Play one episode choosing each action with ``act(observation) -> action in [-1, 1]``.
+
+        The environment is seeded at the agent's very first episode only (later resets continue its state),
+        so an uninterrupted agent and a resumed one reset it identically.
+        """
+        obs, _ = self.env.reset(seed=self.seed if self.episodes_done == 0 else None)
+        transitions: list[Transition] = []
+        while True:
+            action = np.array([act(obs)], dtype=np.float32)
+            next_obs, reward, terminated, truncated, info = self.env.step(action)
+            # the environment may raise the requested ratio (action wall); learn from what was applied
+            applied = np.asarray(info.get("applied_action", action), dtype=np.float32).reshape(1)
+            transitions.append(Transition(np.asarray(obs, np.float32), applied, np.asarray(next_obs, np.float32)))
+            obs = next_obs
+            if terminated or truncated:
+                return Rollout(transitions, float(reward), dict(info))
+
+    def report(self, rollout: Rollout, phase: str, started: float,
+               metrics: dict[str, float] | None = None) -> EpisodeReport:
+        """The :class:`EpisodeReport` of the episode ``episodes_done - 1``."""
+        info = rollout.info
+        return EpisodeReport(episode=self.episodes_done - 1, ratios=np.asarray(info["ratios"], dtype=np.float64),
+                             reward=rollout.reward, penalized=bool(info.get("penalized", False)), info=info,
+                             metrics=dict(metrics or {}), phase=phase, seconds=time.perf_counter() - started)
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (tensors and plain values only: loadable with weights_only)."""
+        unwrapped = self.env.unwrapped
+        return {"agent": self.name, "seed": self.seed, "options": dict(self.options),
+                "episodes_done": self.episodes_done, "rng": self.rng.bit_generator.state,
+                "n_units": int(getattr(unwrapped, "n_units", -1)),
+                "obs_shape": tuple(int(d) for d in (self.env.observation_space.shape or ()))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s state into this (freshly built) agent."""
+        self.episodes_done = int(state["episodes_done"])
+        self.rng.bit_generator.state = state["rng"]
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the agent's state to ``directory/agent.pt`` atomically and return that path.
+
+        The state goes to a temporary file beside the target which is then renamed over it (one
+        ``os.replace``), so a crash or kill at any moment leaves either the previous checkpoint or the new one.
+        """
+        path = Path(directory) / CHECKPOINT
+        with atomic_file(path) as tmp:
+            torch.save(self.state_dict(), tmp)
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path, env: gymnasium.Env) -> SearchAgent:
+        """The agent saved in ``directory`` (of whichever registered kind it is), on ``env``.
+
+        Only tensors and plain values are read (``weights_only=True``: loading runs no code).
+        """
+        from agents import AGENTS  # the registry imports this module
+
+        path = Path(directory) / CHECKPOINT
+        if not path.is_file():
+            raise CheckpointError(f"no agent checkpoint at {path}; start a new search or point to its directory")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
+            raise CheckpointError(f"{path} is not a readable agent checkpoint ({type(e).__name__}: {e})") from e
+        kind = AGENTS.get(str(state.get("agent")))
+        if kind is None or not issubclass(kind, cls):
+            raise CheckpointError(f"{path} holds a {state.get('agent')!r} agent, not a {cls.__name__}")
+        n_units = int(getattr(env.unwrapped, "n_units", -1))
+        obs_shape = tuple(int(d) for d in (env.observation_space.shape or ()))
+        if (state["n_units"], tuple(state["obs_shape"])) != (n_units, obs_shape):
+            raise CheckpointError(f"{path} was saved on an environment with {state['n_units']} units and "
+                                  f"observations {tuple(state['obs_shape'])}, this one has {n_units} and "
+                                  f"{obs_shape}: resume with the same model and search settings")
+        agent = kind(env, seed=state["seed"], **state["options"])
+        agent.load_state_dict(state)
+        return agent

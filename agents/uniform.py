@@ -1,0 +1,45 @@
+"""The uniform baseline: the same sparsity for every unit, the smallest one that meets the budget."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import gymnasium
+
+from agents.base import EpisodeReport, SearchAgent, ratio_bounds, ratio_to_action
+
+
+class UniformAgent(SearchAgent):
+    """One episode with the constant ratio ``env.unwrapped.uniform_ratio()`` at every unit.
+
+    The environment is deterministic for a fixed policy, so every further episode would repeat the first:
+    :meth:`run` plays one and then counts the requested total as done.
+
+    Args:
+        env: the pruning environment (its ``unwrapped`` has ``uniform_ratio()`` and ``ratio_bounds``).
+        seed: unused by the policy (kept for the common interface and the environment's first reset).
+    """
+
+    name = "uniform"
+
+    def __init__(self, env: gymnasium.Env, seed: int = 0) -> None:
+        super().__init__(env, seed)
+        self.action = ratio_to_action(float(env.unwrapped.uniform_ratio()), ratio_bounds(env))
+
+    def play_episode(self) -> EpisodeReport:
+        started = time.perf_counter()
+        rollout = self.rollout(lambda obs: self.action)
+        self.episodes_done += 1
+        return self.report(rollout, "uniform", started, {"uniform_action": self.action})
+
+    def run(self, episodes: int, on_episode: Callable[[EpisodeReport], None] | None = None) -> None:
+        """Play the one uniform episode (unless already played), then set ``episodes_done = episodes``."""
+        if episodes < self.episodes_done:
+            super().run(episodes)  # the common one-line error
+        if self.episodes_done == 0 and episodes > 0:
+            report = self.play_episode()
+            self.episodes_done = episodes  # before on_episode: a checkpoint saved there is a finished search
+            if on_episode is not None:
+                on_episode(report)
+        self.episodes_done = max(self.episodes_done, episodes)

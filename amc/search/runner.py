@@ -1,0 +1,477 @@
+"""The search: build model, data, evaluator, environment and agent from the config, play the episodes, export.
+
+A run directory holds everything a search produces and everything it needs to continue:
+
+* ``search_config.yaml``: the resolved config the search started with (a resume reads it back);
+* ``best_policy.yaml``: the best policy so far, rewritten atomically whenever a better episode appears;
+* ``checkpoint/``: agent state (weights, optimizers, replay buffer, noise, RNG) and search state (episode
+  counter, best episode), replaced as a whole after every ``checkpoint_every`` episodes (:func:`amc.atomic.atomic_dir`);
+* ``tensorboard/`` and ``episodes.jsonl``: the curves and the per-episode log;
+* at the end ``model/`` (the best policy's physically pruned model, amc format), ``results.json`` and
+  ``metrics.json``.
+
+A search killed at any moment (even ``kill -9``) continues with ``amc-search resume=<run dir>`` from its last
+checkpoint: the agent replays nothing it has learned, the episode counter and the TensorBoard steps go on, and
+no file written before the kill is lost (each is replaced only by a complete newer version).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from amc.atomic import atomic_dir, atomic_write_json, atomic_write_text, complete_dir
+from amc.cli.app import (config_number, console, load_data_from_config, load_model_from_config, print_table,
+                         rounding_from_config)
+from amc.errors import ConfigError
+
+CONFIG_FILE = "search_config.yaml"
+CHECKPOINT_DIR = "checkpoint"
+BEST_POLICY_FILE = "best_policy.yaml"
+RUN_MARKER = "amc_search"
+"""Key of ``search_config.yaml`` that marks a folder as an amc-search run directory."""
+
+
+# ---------------------------------------------------------------------------------------------- run directory
+def check_writable(run_dir: Path) -> None:
+    """Fail early, in one line, when the run directory cannot be written."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot write to the run directory {run_dir} ({e.strerror or e}): "
+                          f"choose another one with hydra.run.dir=DIR") from None
+
+
+def load_resume_config(run_dir: Path) -> DictConfig:
+    """The config a search in ``run_dir`` started with; refuses folders that are not amc-search runs."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"resume={run_dir}: no such directory (give the run directory of an amc-search)")
+    try:
+        data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError:
+        data = None
+    if not isinstance(data, dict) or data.get(RUN_MARKER) != 1:
+        raise ConfigError(f"resume={run_dir} is not an amc-search run directory (no valid {CONFIG_FILE} in it)")
+    cfg = OmegaConf.create(data["config"])
+    cfg.resume = str(run_dir)
+    return cfg
+
+
+@dataclass
+class SearchState:
+    """What the runner itself must remember across a resume (the agent saves its own state)."""
+
+    episodes_done: int = 0
+    best_reward: float = -math.inf
+    best_episode: int = -1
+    best_ratios: list[float] | None = None
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    penalized: int = 0
+    search_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["best_reward"] = None if not math.isfinite(self.best_reward) else self.best_reward
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SearchState":
+        d = dict(d)
+        d["best_reward"] = -math.inf if d.get("best_reward") is None else float(d["best_reward"])
+        return cls(**d)
+
+
+# ---------------------------------------------------------------------------------------------- settings
+@dataclass
+class SearchSettings:
+    """The search config, read and checked before any work (a typo never surfaces mid-search)."""
+
+    episodes: int
+    seed: int
+    img_size: tuple[int, int]
+    ratio_bounds: tuple[float, float]
+    budget_metric: str
+    budget_fraction: float
+    checkpoint_every: int
+    final_latency_runs: int
+    final_latency_rounds: int
+    export_model: bool
+    progress: bool
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> "SearchSettings":
+        from amc.cli.info import parse_img_size
+
+        episodes = config_number(cfg, "episodes", int, 1)
+        seed = config_number(cfg, "seed", int)
+        img_size = parse_img_size(cfg.img_size if cfg.get("img_size") is not None else cfg.data.img_size)
+        bounds = list(cfg.ratio_bounds) if OmegaConf.is_list(cfg.get("ratio_bounds")) else None
+        if bounds is None or len(bounds) != 2:
+            raise ConfigError(f"ratio_bounds must be [low, high] sparsities, got {cfg.get('ratio_bounds')!r}")
+        lo, hi = (float(b) for b in bounds)
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ConfigError(f"ratio_bounds must satisfy 0 <= low < high <= 1, got [{lo}, {hi}]")
+        metric = str(cfg.budget.get("metric"))
+        if metric not in ("flops", "params", "latency"):
+            raise ConfigError(f"budget.metric must be flops, params or latency, got {metric!r}")
+        fraction = config_number(cfg.budget, metric, float, prefix="budget.")
+        if not 0.0 < fraction <= 1.0:
+            raise ConfigError(f"budget.{metric} is the fraction of the unpruned model's {metric} to keep, "
+                              f"in (0, 1]; got {fraction}")
+        final = cfg.final
+        return cls(episodes=episodes, seed=seed, img_size=img_size, ratio_bounds=(lo, hi), budget_metric=metric,
+                   budget_fraction=fraction,
+                   checkpoint_every=config_number(cfg, "checkpoint_every", int, 1),
+                   final_latency_runs=config_number(final, "latency_runs", int, 0, prefix="final."),
+                   final_latency_rounds=config_number(final, "latency_rounds", int, 1, prefix="final."),
+                   export_model=bool(final.export_model), progress=bool(cfg.get("progress", True)))
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+# ---------------------------------------------------------------------------------------------- runner
+class SearchRunner:
+    """One search in one run directory (new or resumed).
+
+    Args:
+        cfg: the composed ``conf/search.yaml`` (for a resume: the run's own config, see :func:`load_resume_config`).
+        run_dir: where everything is written.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.resuming = bool(cfg.get("resume"))
+        self.settings = SearchSettings.from_config(cfg)
+        check_writable(self.run_dir)
+        self.state = SearchState()
+        self._build()
+
+    # ------------------------------------------------------------------ building
+    def _build(self) -> None:
+        from agents import make_agent
+        from amc.pruning.criteria import make_criterion
+        from amc.pruning.space import PruningSpace
+        from amc.reward.functions import reward_from_config
+        from envs.budget import Budget
+        from envs.pruning_env import PruningEnv
+
+        cfg, s = self.cfg, self.settings
+        self.device = self._device()
+        reward = reward_from_config(cfg.reward)
+        criterion_name = str(cfg.evaluator.get("criterion") or "l1")
+        criterion = make_criterion(criterion_name, seed=s.seed, **(_plain(cfg.evaluator.get("criterion_options")) or {}))
+        agent_name = str(cfg.agent.get("name"))
+        agent_options = {k: v for k, v in (_plain(cfg.agent) or {}).items() if k != "name"}
+        rounding = rounding_from_config(cfg.pruning)
+        torch.manual_seed(s.seed)
+        np.random.seed(s.seed)
+
+        self.model, names, self.source = load_model_from_config(cfg.model)
+        self.model.eval()
+        self.space = PruningSpace.from_model(self.model, s.img_size, rounding)
+        if s.ratio_bounds[1] > rounding.max_ratio + 1e-12:
+            raise ConfigError(f"ratio_bounds high {s.ratio_bounds[1]} is above pruning.max_ratio "
+                              f"{rounding.max_ratio}: lower it or raise pruning.max_ratio")
+        self.latency_table = None
+        if s.budget_metric == "latency" or reward.needs_latency:
+            self.latency_table = self._latency_table()
+        self.budget = Budget(s.budget_metric, s.budget_fraction)
+        self.criterion = criterion
+        self.evaluate = self._evaluator()
+        self.criterion_name = criterion.name
+        self.env = PruningEnv(self.space, self.evaluate, reward, self.budget, ratio_bounds=s.ratio_bounds,
+                              latency_table=self.latency_table)
+        self.env.reset(seed=s.seed)
+        checkpoint = complete_dir(self.run_dir / CHECKPOINT_DIR) if self.resuming else None
+        if checkpoint is not None:
+            from agents import AGENTS
+
+            self.agent = AGENTS[agent_name].load(checkpoint / "agent", self.env)
+            self.state = SearchState.from_dict(json.loads((checkpoint / "state.json").read_text()))
+            self._adopt_exported_best()
+        else:
+            self.agent = make_agent(agent_name, self.env, s.seed, **agent_options)
+        if not self.resuming:
+            atomic_write_text(self.run_dir / CONFIG_FILE, yaml.safe_dump(
+                {RUN_MARKER: 1, "config": _plain(cfg)}, sort_keys=False))
+
+    def _device(self) -> torch.device:
+        from amc.device import select_device
+
+        d = self.cfg.device
+        threads = config_number(d, "threads", int, 0, prefix="device.")
+        if threads:
+            torch.set_num_threads(threads)
+        return select_device(str(d.name))
+
+    def _latency_table(self):  # noqa: ANN202
+        from amc.eval.latency_table import LatencyTable
+
+        b = self.cfg.budget
+        path = Path(str(b.table)) if b.get("table") else self.run_dir / "latency_table.json"
+        threads = int(self.cfg.device.threads) or None
+        console.print(f"latency lookup table: {path} ({self.cfg.device.latency_backend})")
+        return LatencyTable.load_or_build(path, self.model, self.space, backend=str(self.cfg.device.latency_backend),
+                                          threads=threads, device=self.device, grid=int(b.get("grid", 4)),
+                                          runs=int(b.get("runs", 8)))
+
+    def _evaluator(self):  # noqa: ANN202
+        """The episode evaluator (ratios -> EpisodeOutcome) the config names; prepares the channel criterion."""
+        ev = self.cfg.evaluator
+        criterion = self.criterion
+        name = str(ev.get("name"))
+        if name == "stub":
+            from envs.stub import StubEvaluator
+
+            if criterion.needs_data:
+                raise ConfigError(f"evaluator=stub reads no data: use a data-free criterion (l1, l2, bn, random), "
+                                  f"not {criterion.name}")
+            criterion.prepare(self.model, self.space)
+            return StubEvaluator(self.space)
+        if name != "proxy":
+            raise ConfigError(f"evaluator.name must be proxy or stub, got {name!r}")
+        from amc.reward.benchmarks import proxy_settings
+        from amc.reward.proxy import ProxyEvaluator
+        from amc.search.evaluation import ProxyPolicyEvaluator
+
+        settings = proxy_settings(ev.get("proxy"))
+        val = load_data_from_config(self.cfg.data, str(self.cfg.data.split))
+        train = load_data_from_config(self.cfg.data, str(self.cfg.data.get("train_split") or "train")) \
+            if settings.adaptive_bn else None
+        batches = None
+        if criterion.needs_data:
+            from amc.data.loaders import sample_batches
+
+            batches = sample_batches(train or val, 4, 8, settings.img_size, seed=self.settings.seed)
+        criterion.prepare(self.model, self.space, batches)
+        cache = None
+        if bool(ev.get("cache", True)):
+            from amc.data.datasets import cache_dir
+
+            cache = str(cache_dir())
+        console.print(f"preparing the proxy evaluator: {settings.val_images} val images at {settings.img_size} px, "
+                      f"{settings.bn_batches}x{settings.bn_batch_size} BN images, on {self.device}")
+        proxy = ProxyEvaluator(self.model, self.space, val, train, settings, self.device, cache_dir=cache)
+        return ProxyPolicyEvaluator(self.space, proxy, criterion, self.latency_table)
+
+    # ------------------------------------------------------------------ the episodes
+    def run(self) -> dict[str, Any]:
+        """Play the remaining episodes, then export and report; returns ``results.json``'s content."""
+        from amc.search.tracking import SearchLog
+
+        s = self.settings
+        first = self.state.episodes_done
+        if self.resuming:
+            console.print(f"resuming {self.run_dir} at episode {first + 1} of {s.episodes}")
+        self.log = SearchLog(self.run_dir, first)
+        console.print(f"search: {len(self.space)} units, budget {s.budget_metric} <= {s.budget_fraction:g}, "
+                      f"agent {self.cfg.agent.name}, reward {self.cfg.reward.name}, {s.episodes} episodes")
+        progress = Progress(TextColumn("episodes"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("best reward {task.fields[best]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                            console=console, disable=not s.progress)
+        self._started = time.perf_counter() - self.state.search_s
+        try:
+            with progress:
+                self._task = progress.add_task("search", total=s.episodes, completed=first, best=self._best_text())
+                self._progress = progress
+                self.agent.run(s.episodes, on_episode=self._on_episode)
+            self._checkpoint(force=True)
+            return self._finish()
+        finally:
+            self.log.close()
+            close = getattr(self.evaluate, "close", None)
+            if close is not None:
+                close()
+
+    def _best_text(self) -> str:
+        return "-" if self.state.best_episode < 0 else f"{self.state.best_reward:.4f} (ep {self.state.best_episode + 1})"
+
+    def _on_episode(self, report) -> None:  # noqa: ANN001 (agents.base.EpisodeReport)
+        info = report.info
+        outcome, cost = info.get("outcome"), info.get("cost", {})
+        record = {"episode": int(report.episode), "reward": float(report.reward), "penalized": bool(report.penalized),
+                  "map50_95": None if outcome is None else float(outcome.map50_95),
+                  "flops_ratio": cost.get("flops_ratio"), "params_ratio": cost.get("params_ratio"),
+                  "latency_ratio": cost.get("latency_ratio"), "phase": report.phase,
+                  "seconds": float(report.seconds), "ratios": [float(r) for r in report.ratios]}
+        st = self.state
+        st.penalized += int(report.penalized)
+        if not report.penalized and report.reward > st.best_reward:
+            st.best_reward, st.best_episode = float(report.reward), int(report.episode)
+            st.best_ratios = [float(r) for r in report.ratios]
+            st.best_metrics = {k: record[k] for k in ("map50_95", "flops_ratio", "params_ratio", "latency_ratio")}
+            self._write_best_policy()
+            self.log.best_policy(st.best_episode, np.asarray(st.best_ratios), st.best_reward)
+        record["best_reward"] = st.best_reward if math.isfinite(st.best_reward) else None
+        self.log.episode(record, dict(report.metrics))
+        st.episodes_done = int(report.episode) + 1
+        st.search_s = time.perf_counter() - self._started
+        self._checkpoint()
+        self._progress.update(self._task, completed=st.episodes_done, best=self._best_text())
+
+    def _write_best_policy(self) -> None:
+        from amc.pruning.policy import Policy
+
+        st = self.state
+        policy = Policy.from_ratios(self.space, st.best_ratios, method="search", criterion=self.criterion_name,
+                                    source=self.source, budget={self.settings.budget_metric: self.settings.budget_fraction},
+                                    metrics={"reward": st.best_reward, "episode": st.best_episode,
+                                             "map50_95_proxy": st.best_metrics.get("map50_95"),
+                                             "agent": str(self.cfg.agent.name), "seed": self.settings.seed})
+        policy.save(self.run_dir / BEST_POLICY_FILE)
+
+    def _adopt_exported_best(self) -> None:
+        """On resume: a best policy exported after the last checkpoint is kept (never replaced by a worse one)."""
+        from amc.pruning.policy import Policy
+
+        path = self.run_dir / BEST_POLICY_FILE
+        if not path.is_file():
+            return
+        policy = Policy.load(path)
+        reward = policy.metrics.get("reward")
+        if reward is not None and float(reward) > self.state.best_reward:
+            st = self.state
+            st.best_reward, st.best_episode = float(reward), int(policy.metrics.get("episode", -1))
+            st.best_ratios = [float(r) for r in policy.ratios_for(self.space)]
+            st.best_metrics = {"map50_95": policy.metrics.get("map50_95_proxy"),
+                               "flops_ratio": policy.cost.get("flops_ratio"),
+                               "params_ratio": policy.cost.get("params_ratio"), "latency_ratio": None}
+
+    def _checkpoint(self, force: bool = False) -> None:
+        """Agent and search state, replaced as a whole (a kill leaves the previous complete checkpoint)."""
+        if not force and self.state.episodes_done % self.settings.checkpoint_every:
+            return
+        self.log.flush()
+        with atomic_dir(self.run_dir / CHECKPOINT_DIR) as tmp:
+            self.agent.save(tmp / "agent")
+            (tmp / "state.json").write_text(json.dumps(self.state.to_dict(), indent=2))
+
+    # ------------------------------------------------------------------ the end
+    def _finish(self) -> dict[str, Any]:
+        from amc.reward.functions import reward_from_config
+        from amc.search.evaluation import policy_figures
+
+        s, st = self.settings, self.state
+        if st.best_ratios is None:
+            raise ConfigError("every episode was penalized (non-finite mAP or cost): no policy to export; "
+                              "see episodes.jsonl")
+        best = np.asarray(st.best_ratios)
+        env = self.env.unwrapped
+        uniform = np.full(len(self.space), env.uniform_ratio())
+        console.print(f"scoring uniform pruning at the same budget (ratio {uniform[0]:.4f}) with the same evaluator")
+        uniform_outcome = self.evaluate(uniform)
+        uniform_reward = reward_from_config(self.cfg.reward)(uniform_outcome)
+        unpruned_map = self.evaluate.unpruned_map() if hasattr(self.evaluate, "unpruned_map") else None
+        best_fig = policy_figures(self.space, best, self.latency_table)
+        uni_fig = policy_figures(self.space, uniform, self.latency_table)
+
+        models: dict[str, Any] = {}
+        if s.export_model or s.final_latency_runs:
+            models["best"] = self._pruned(best)
+            if s.final_latency_runs:
+                models["uniform"] = self._pruned(uniform)
+        if s.export_model:
+            from amc.models.io import save_model
+
+            save_model(models["best"], self.run_dir / "model",
+                       extra={"pruned_from": self.source, "policy": BEST_POLICY_FILE})
+        latency = self._final_latency(models) if s.final_latency_runs else {}
+
+        full = best_fig.full_flops, best_fig.full_params
+        rows = {
+            "original": {"map50_95_proxy": unpruned_map, "params": full[1], "gflops": full[0] / 1e9,
+                         "latency_ms": latency.get("original")},
+            "uniform": {"map50_95_proxy": uniform_outcome.map50_95, "params": uni_fig.params,
+                        "gflops": uni_fig.flops / 1e9, "latency_ms": latency.get("uniform"),
+                        "reward": uniform_reward.value},
+            "best": {"map50_95_proxy": st.best_metrics.get("map50_95"), "params": best_fig.params,
+                     "gflops": best_fig.flops / 1e9, "latency_ms": latency.get("best"), "reward": st.best_reward},
+        }
+        results = {
+            "best_reward": st.best_reward, "best_map_proxy": st.best_metrics.get("map50_95"),
+            "best_episode": st.best_episode, "uniform_map_proxy": uniform_outcome.map50_95,
+            "uniform_reward": uniform_reward.value, "unpruned_map_proxy": unpruned_map,
+            "flops_ratio": best_fig.flops / best_fig.full_flops, "params_ratio": best_fig.params / best_fig.full_params,
+            "latency_ratio_estimated": (best_fig.latency_ms / best_fig.full_latency_ms
+                                        if best_fig.latency_ms is not None else None),
+            "episodes": st.episodes_done, "penalized_episodes": st.penalized, "search_s": st.search_s,
+            "budget": {s.budget_metric: s.budget_fraction}, "agent": str(self.cfg.agent.name),
+            "reward": str(self.cfg.reward.name), "evaluator": str(self.cfg.evaluator.name), "seed": s.seed,
+            "units": len(self.space), "img_size": list(s.img_size), "model": self.source, "device": str(self.device),
+            "summary": rows, "best_policy": str(self.run_dir / BEST_POLICY_FILE),
+            "model_dir": str(self.run_dir / "model") if s.export_model else None,
+        }
+        atomic_write_json(self.run_dir / "results.json", results)
+        atomic_write_json(self.run_dir / "metrics.json", results)
+        self.log.hparams({"agent": str(self.cfg.agent.name), "reward": str(self.cfg.reward.name),
+                          "budget_metric": s.budget_metric, "budget": s.budget_fraction, "seed": s.seed,
+                          "episodes": st.episodes_done, "evaluator": str(self.cfg.evaluator.name)},
+                         {"best_reward": st.best_reward, "best_map_proxy": st.best_metrics.get("map50_95"),
+                          "uniform_map_proxy": uniform_outcome.map50_95, "flops_ratio": results["flops_ratio"]})
+        self._print_summary(rows)
+        console.print(f"best policy (episode {st.best_episode + 1}): {self.run_dir / BEST_POLICY_FILE}; "
+                      f"results.json{', pruned model in model/' if s.export_model else ''} in {self.run_dir}")
+        return results
+
+    def _pruned(self, ratios: np.ndarray):  # noqa: ANN202
+        """The physically pruned model of ``ratios`` (channels by the search's criterion), cost-checked."""
+        from amc.pruning.physical import prune_model
+
+        selection = self.criterion.select(self.space.kept_channels(ratios))
+        pruned = prune_model(self.model, self.space, selection)
+        counted, analytic = pruned.cost(self.space.img_size), self.space.cost(selection.widths)
+        if (counted.params, counted.macs) != (analytic.params, analytic.macs):
+            raise RuntimeError("pruned model cost differs from the policy's analytic cost: please report this bug")
+        return pruned.eval()
+
+    def _final_latency(self, models: dict[str, Any]) -> dict[str, float]:
+        import copy
+
+        from amc.eval.latency import compare_latency
+
+        s = self.settings
+        timed = {"original": copy.deepcopy(self.model).fuse(), **{k: copy.deepcopy(m).fuse() for k, m in models.items()}}
+        threads = int(self.cfg.device.threads) or None
+        console.print(f"timing the original, uniform and best models ({self.cfg.device.latency_backend}, "
+                      f"{s.final_latency_runs} runs x {s.final_latency_rounds} rounds, interleaved)")
+        measured = compare_latency(timed, s.img_size, backend=str(self.cfg.device.latency_backend), threads=threads,
+                                   runs=s.final_latency_runs, rounds=s.final_latency_rounds, device=self.device)
+        return {k: v.median_ms for k, v in measured.items()}
+
+    def _print_summary(self, rows: dict[str, dict[str, Any]]) -> None:
+        base = rows["original"]
+
+        def fmt(v: Any, pattern: str) -> str:
+            return "-" if v is None else format(v, pattern)
+
+        table = []
+        for name, r in rows.items():
+            table.append([name, fmt(r["map50_95_proxy"], ".4f"), f"{r['params'] / 1e6:.3f}M",
+                          f"{r['params'] / base['params']:.1%}", f"{r['gflops']:.3f}", f"{r['gflops'] / base['gflops']:.1%}",
+                          fmt(r["latency_ms"], ".2f"),
+                          "-" if r["latency_ms"] is None or base["latency_ms"] is None
+                          else f"{base['latency_ms'] / r['latency_ms']:.2f}x"])
+        s = self.settings
+        print_table(f"{self.source}: {self.cfg.agent.name} search, {s.budget_metric} budget {s.budget_fraction:g}, "
+                    f"{self.state.episodes_done} episodes (mAP: proxy mAP@0.5:0.95 before fine-tuning)",
+                    ["model", "mAP proxy", "params", "of orig.", "GFLOPs", "of orig.", "ms", "speed-up"], table)
+        if self.settings.final_latency_runs:
+            console.print(f"ms: median latency, {self.cfg.device.latency_backend}, batch 1, "
+                          f"{s.img_size[0]}x{s.img_size[1]}")

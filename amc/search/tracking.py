@@ -1,0 +1,105 @@
+"""TensorBoard curves and a JSON-lines episode log of a search, in its run directory.
+
+Every episode adds, at step = episode index: its reward, the best reward so far, its proxy mAP, its FLOPs /
+params / latency ratios and the agent's figures (losses, exploration sigma, reward baseline). When a better
+policy appears its per-unit ratios are drawn as a bar chart (an image, so TensorBoard's slider walks through
+the successive best policies). The run's hyper-parameters go to TensorBoard's HParams tab at the end, so the
+curves of several runs (a multirun sweep, seeds) compare side by side in one ``tensorboard --logdir``.
+
+Resuming: the writer is opened with ``purge_step`` = the first episode still to play, so points logged after
+the last checkpoint by a killed run are discarded instead of appearing twice; the episode log is cut back the
+same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+from torch.utils.tensorboard import SummaryWriter
+
+TENSORBOARD_DIR = "tensorboard"
+EPISODE_LOG = "episodes.jsonl"
+
+
+def ratio_chart(ratios: np.ndarray, title: str, width: int = 720, height: int = 240) -> np.ndarray:
+    """A bar chart (HWC uint8 RGB) of per-unit ratios in [0, 1], units in forward order."""
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    left, right, top, bottom = 36, width - 8, 22, height - 18
+    draw.text((left, 4), title, fill="black")
+    for frac in (0.0, 0.5, 1.0):  # axis ticks
+        y = bottom - frac * (bottom - top)
+        draw.line([(left - 4, y), (right, y)], fill=(220, 220, 220))
+        draw.text((4, y - 6), f"{frac:.1f}", fill="black")
+    n = max(len(ratios), 1)
+    bar = (right - left) / n
+    for i, r in enumerate(np.clip(ratios, 0.0, 1.0)):
+        x0 = left + i * bar
+        draw.rectangle([x0 + 0.15 * bar, bottom - r * (bottom - top), x0 + 0.85 * bar, bottom], fill=(52, 101, 164))
+    draw.text((left, bottom + 3), f"unit 1 .. {len(ratios)} (forward order); bar = sparsity ratio", fill="black")
+    return np.asarray(image)
+
+
+class SearchLog:
+    """Writes a search's TensorBoard events and ``episodes.jsonl`` under ``run_dir``.
+
+    Args:
+        run_dir: the search's run directory.
+        first_episode: the first episode this process will log (> 0 when resuming).
+    """
+
+    def __init__(self, run_dir: Path, first_episode: int = 0) -> None:
+        self.run_dir = Path(run_dir)
+        self.writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), purge_step=first_episode or None)
+        self.episode_log = self.run_dir / EPISODE_LOG
+        self._truncate_log(first_episode)
+
+    def _truncate_log(self, first_episode: int) -> None:
+        """Drop logged episodes from ``first_episode`` on (played after the checkpoint a killed run resumes from)."""
+        if not self.episode_log.exists():
+            return
+        kept = []
+        for line in self.episode_log.read_text().splitlines():
+            try:
+                if json.loads(line)["episode"] < first_episode:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                break  # a line cut by the kill: everything after it is gone too
+        self.episode_log.write_text("".join(f"{line}\n" for line in kept))
+
+    def episode(self, record: dict[str, Any], agent_metrics: dict[str, float]) -> None:
+        """Log one episode (``record`` holds ``episode``, ``reward``, ``best_reward``, ``map50_95``, cost ratios)."""
+        step = int(record["episode"])
+        for key in ("reward", "best_reward", "map50_95", "flops_ratio", "params_ratio", "latency_ratio"):
+            value = record.get(key)
+            if value is not None and math.isfinite(value):
+                self.writer.add_scalar(f"search/{key}", value, step)
+        self.writer.add_scalar("search/penalized", float(record.get("penalized", False)), step)
+        for key, value in agent_metrics.items():
+            if value is not None and math.isfinite(float(value)):
+                self.writer.add_scalar(f"agent/{key}", float(value), step)
+        with open(self.episode_log, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def best_policy(self, episode: int, ratios: np.ndarray, reward: float) -> None:
+        """Draw the per-unit ratios of a new best policy."""
+        chart = ratio_chart(np.asarray(ratios), f"best policy: episode {episode}, reward {reward:.4f}")
+        self.writer.add_image("best_policy/ratios", chart, episode, dataformats="HWC")
+        self.writer.add_text("best_policy/ratios", ", ".join(f"{r:.3f}" for r in ratios), episode)
+
+    def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+        """The run's hyper-parameters and final figures (TensorBoard's HParams tab)."""
+        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
+        self.writer.add_hparams(clean, {f"hparam/{k}": v for k, v in metrics.items() if v is not None},
+                                run_name="hparams")
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

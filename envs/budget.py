@@ -1,0 +1,260 @@
+"""The resource budget of a search and AMC's action wall that enforces it.
+
+AMC's resource-constrained search (He et al. 2018, section 3.3; ``env/channel_pruning_env.py`` of
+github.com/mit-han-lab/amc) never lets an episode end over budget: before each layer is pruned, the agent's
+ratio is raised, if needed, to the smallest one that still lets the rest of the network meet the budget when
+every later layer is pruned as much as allowed. Every policy an episode produces therefore fits, and the reward
+can be accuracy alone.
+
+:class:`BudgetEnforcer` does that on the exact analytic cost of a :class:`~amc.pruning.space.PruningSpace`
+(FLOPs or parameters) or on a :class:`~amc.eval.latency_table.LatencyTable` estimate (latency). A unit's
+kept width is a step function of its ratio (channels are rounded to ``rounding.multiple``), so the cost is
+step-shaped in the ratio: the enforcer finds the first step that fits. It precomputes, once, every width each
+unit can keep and the smallest ratio that reaches it (``thresholds``, by bisection on the space's own
+rounding), so one decision costs one batch evaluation of the few candidate widths of one unit, not a bisection
+of full-model costs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from amc.errors import ConfigError
+from amc.pruning.space import PruningSpace
+
+#: The resources a budget can limit.
+METRICS = ("flops", "params", "latency")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much of the unpruned model's resource a pruned model may keep.
+
+    Attributes:
+        metric: ``flops`` (multiply-accumulates of the unfused model, as the rest of amc counts them),
+            ``params`` or ``latency`` (a latency table's estimate).
+        fraction: the fraction to keep, in ``(0, 1]`` (1 puts no limit on the search).
+    """
+
+    metric: str
+    fraction: float
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ConfigError(f"budget metric {self.metric!r} is unknown; choose one of {', '.join(METRICS)}")
+        try:
+            fraction = float(self.fraction)
+        except (TypeError, ValueError):
+            fraction = float("nan")
+        if not 0.0 < fraction <= 1.0:  # NaN fails too
+            raise ConfigError(f"budget fraction is the share of the model's {self.metric} to keep, a number in "
+                              f"(0, 1]; got {self.fraction!r}")
+        object.__setattr__(self, "fraction", fraction)  # frozen: store the validated float
+
+
+class BudgetEnforcer:
+    """Raises a unit's sparsity ratio just enough that the model can still meet the budget.
+
+    Args:
+        space: the pruning space (ratios are sparsities, in unit order).
+        budget: what to limit and to which fraction.
+        latency_table: a :class:`~amc.eval.latency_table.LatencyTable` for ``space`` (needed for a latency
+            budget; anything with its ``estimate_batch(widths)`` and ``check_space(space)`` works).
+        upper: the largest ratio any unit may get (default ``space.rounding.max_ratio``); the cheapest
+            completion of a partial policy has every remaining unit at this ratio.
+
+    Attributes:
+        full: the budget metric of the unpruned model (MACs, parameters or ms).
+        limit: ``budget.fraction * full``: a policy fits when its cost is at most this.
+        min_fraction: the smallest fraction reachable (every unit at ``upper``).
+        full_widths, upper_widths: every unit's width unpruned and at ``upper``.
+        widths, thresholds: per unit, every width it can keep (widest first) and the smallest ratio keeping it
+            (``space.kept_channels`` keeps ``widths[u][k]`` for ratios in ``[thresholds[u][k], thresholds[u][k+1])``).
+
+    Raises:
+        ConfigError: ``upper`` outside ``[0, max_ratio]``, a latency budget without a table (or with a table for
+            another model), or an unreachable budget (the message names the smallest reachable fraction).
+    """
+
+    def __init__(self, space: PruningSpace, budget: Budget, latency_table: Any = None,
+                 upper: float | None = None) -> None:
+        if not isinstance(budget, Budget):
+            raise ConfigError(f"budget must be an envs.budget.Budget, got {type(budget).__name__}")
+        max_ratio = float(space.rounding.max_ratio)
+        upper = max_ratio if upper is None else float(upper)
+        if not 0.0 <= upper <= max_ratio:
+            raise ConfigError(f"upper ratio bound {upper} is outside [0, {max_ratio}] (pruning.max_ratio)")
+        if budget.metric == "latency":
+            if latency_table is None:
+                raise ConfigError("a latency budget needs a latency table (build one with amc-bench latency-table "
+                                  "or budget on flops or params)")
+            latency_table.check_space(space)
+        self.space, self.budget, self.latency_table, self.upper = space, budget, latency_table, upper
+        self.n_units = space.n_units
+        self.full_widths = space.full_widths  # cached: the space recomputes it on every access
+        self.widths, self.thresholds = _reachable_widths(space)
+        self.upper_widths = np.array([self._width(u, upper) for u in range(self.n_units)], dtype=np.int64)
+        self.full = self.cost(self.full_widths)
+        self.limit = budget.fraction * self.full
+        cheapest = self.cost(self.upper_widths)
+        self.min_fraction = cheapest / self.full
+        if cheapest > self.limit:  # the very comparison every decision makes
+            reachable = math.ceil(self.min_fraction * 1e4) / 1e4  # rounded up: the number quoted must work
+            raise ConfigError(f"{budget.metric} budget {budget.fraction:g} is unreachable: with every unit at "
+                              f"sparsity {upper:g} the model keeps {self.min_fraction:.4f} of its {budget.metric}; "
+                              f"ask for a fraction of at least {reachable:.4f} or raise the upper ratio bound")
+
+    # ------------------------------------------------------------------ cost
+    def cost(self, widths: Sequence[int] | np.ndarray) -> float:
+        """The budget metric of the model whose units keep ``widths`` channels (MACs, parameters or ms)."""
+        return float(self.costs(np.asarray(widths, dtype=np.int64)[None])[0])
+
+    def costs(self, widths: np.ndarray) -> np.ndarray:
+        """:meth:`cost` of each row of a ``(B, units)`` array of widths."""
+        if self.budget.metric == "latency":
+            return np.asarray(self.latency_table.estimate_batch(widths), dtype=np.float64)
+        key = "macs" if self.budget.metric == "flops" else "params"
+        return np.array([getattr(self.space.cost(w), key) for w in widths], dtype=np.float64)
+
+    def fits(self, ratios: Sequence[float]) -> bool:
+        """Whether the policy ``ratios`` (one per unit) meets the budget."""
+        return self.cost(self.space.kept_channels(ratios)) <= self.limit
+
+    # ------------------------------------------------------------------ the action wall
+    def min_ratio(self, prefix_ratios: Sequence[float], requested: float) -> float:
+        """The smallest ratio ``>= requested`` for the next unit such that the cheapest completion meets the limit.
+
+        Args:
+            prefix_ratios: the ratios of the units decided so far (the first ``len(prefix_ratios)`` units).
+            requested: the ratio asked for the next unit, in ``[0, upper]``.
+
+        The cheapest completion keeps every later unit at ``upper``. When ``prefix_ratios`` itself could still
+        be completed within the budget (as every prefix an episode builds can), the result is at most ``upper``.
+        """
+        r = self.space.check_ratios(prefix_ratios, partial=True)
+        head = self.full_widths[: len(r)]
+        return self.next_ratio(self.space.round_widths(head * (1.0 - r), head), requested)[0]
+
+    def next_ratio(self, prefix_widths: np.ndarray, requested: float) -> tuple[float, int]:
+        """:meth:`min_ratio` given the kept widths of the decided units; also returns the next unit's kept width.
+
+        This is what the environment calls at every step (it tracks widths, so no ratio is rounded twice).
+        """
+        t = len(prefix_widths)
+        if t >= self.n_units:
+            raise ValueError(f"every one of the {self.n_units} units is already decided")
+        requested = float(requested)
+        if not 0.0 <= requested <= self.upper:
+            raise ValueError(f"requested ratio {requested} is outside [0, {self.upper}]")
+        thresholds, widths = self.thresholds[t], self.widths[t]
+        # Candidates: every width unit t can keep between the requested ratio and `upper`, widest first.
+        first = int(np.searchsorted(thresholds, requested, side="right")) - 1
+        last = int(np.searchsorted(thresholds, self.upper, side="right")) - 1
+        candidates = widths[first:last + 1]
+        base = self.upper_widths.copy()
+        base[:t] = prefix_widths
+        fit = self._candidate_costs(base, t, candidates) <= self.limit
+        # The narrowest candidate is the completion the previous decision checked, so one always fits; should
+        # rounding in a latency estimate ever disagree by an ulp, that candidate is still the right answer.
+        k = int(np.argmax(fit)) if fit.any() else len(candidates) - 1
+        if k == 0:
+            return requested, int(candidates[0])
+        return float(thresholds[first + k]), int(candidates[k])
+
+    def _candidate_costs(self, base: np.ndarray, t: int, candidates: np.ndarray) -> np.ndarray:
+        """The budget metric of ``base`` with unit ``t`` at each candidate width."""
+        if self.budget.metric == "latency":
+            batch = np.repeat(base[None], len(candidates), axis=0)
+            batch[:, t] = candidates
+            return self.costs(batch)
+        # FLOPs and parameters are quadratic in the widths (exact integers): three costs give the polynomial in
+        # unit t's width, which then prices every candidate at once.
+        key = "macs" if self.budget.metric == "flops" else "params"
+        f = []
+        for x in (0, 1, 2):
+            base[t] = x
+            f.append(getattr(self.space.cost(base), key))
+        c = (f[2] - 2 * f[1] + f[0]) // 2
+        b = f[1] - f[0] - c
+        x = candidates.astype(np.int64)
+        return (f[0] + b * x + c * x * x).astype(np.float64)
+
+    def uniform_ratio(self) -> float:
+        """The smallest constant ratio (in ``[0, upper]``) whose policy meets the budget.
+
+        The uniform cost only changes where some unit's width does, at one of the ``thresholds``, so the
+        answer is the first fitting threshold (found by bisection over them), nudged 1e-6 (or half the way to
+        the next threshold) into its step: the widths are those of the step's start, and mapping the ratio to an
+        action and back (float32) cannot fall onto the previous, over-budget step.
+        """
+        n = self.n_units
+        points = np.unique(np.concatenate([[0.0], *self.thresholds]))
+        points = points[points <= self.upper]
+
+        def fits(i: int) -> bool:
+            return self.fits(np.full(n, points[i]))
+
+        lo, hi = -1, len(points) - 1  # fits(hi): every unit at upper (checked at construction)
+        while hi - lo > 1:  # invariant: points[lo] over the budget (or lo = -1), points[hi] within it
+            mid = (lo + hi) // 2
+            if fits(mid):
+                hi = mid
+            else:
+                lo = mid
+        start = float(points[hi])
+        if start == 0.0:
+            return 0.0
+        step_end = float(points[hi + 1]) if hi + 1 < len(points) else self.upper
+        return min(start + 1e-6, start + 0.5 * (step_end - start)) if step_end > start else start
+
+    def _width(self, u: int, ratio: float) -> int:
+        """The width unit ``u`` keeps at ``ratio`` (the same as ``space.kept_channels``, from the thresholds)."""
+        return int(self.widths[u][int(np.searchsorted(self.thresholds[u], ratio, side="right")) - 1])
+
+
+def _reachable_widths(space: PruningSpace) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per unit, every width it can keep for a ratio in ``[0, max_ratio]`` (widest first) and the smallest ratio
+    that keeps it (0 for the full width).
+
+    Candidates are the full width, the multiples of ``rounding.multiple`` between, and the width at
+    ``max_ratio``; each one's smallest ratio is found by bisection on the space's own rounding, down to adjacent
+    floats, for all candidates of all units at once. Candidates the rounding skips (near the full width when the
+    multiple does not divide it) are dropped.
+    """
+    full = space.full_widths
+    max_ratio = float(space.rounding.max_ratio)
+    narrowest = space.round_widths(full * (1.0 - max_ratio))
+    m = space.rounding.multiple
+    units, cands = [], []
+    for u, (f, lo) in enumerate(zip(full.tolist(), narrowest.tolist())):
+        ws = sorted({f, lo, *range((lo // m + 1) * m, f, m)}, reverse=True)
+        units += [u] * len(ws)
+        cands += ws
+    units_a, cands_a = np.array(units), np.array(cands, dtype=np.int64)
+    unit_full = full[units_a]
+
+    def width_at(r: np.ndarray) -> np.ndarray:
+        return space.round_widths(unit_full * (1.0 - r), unit_full)
+
+    lo = np.zeros(len(cands_a))
+    hi = np.full(len(cands_a), max_ratio)
+    # invariant (for candidates narrower than full): width_at(lo) > cand >= width_at(hi); 80 halvings of
+    # [0, 0.9] reach adjacent floats, after which mid equals lo or hi and nothing moves.
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        ok = width_at(mid) <= cands_a
+        hi = np.where(ok, mid, hi)
+        lo = np.where(ok, lo, mid)
+    thresholds = np.where(cands_a == unit_full, 0.0, hi)
+    reached = width_at(thresholds) == cands_a
+    widths_out, thresholds_out = [], []
+    for u in range(space.n_units):
+        sel = (units_a == u) & reached
+        widths_out.append(cands_a[sel])
+        thresholds_out.append(thresholds[sel])
+    return widths_out, thresholds_out

@@ -1,0 +1,165 @@
+"""amc-search end to end on the stub evaluator: outputs, determinism, resume after kill -9, sweeps, bad input.
+
+The stub evaluator (envs.stub) makes episodes instant, so these tests exercise the runner, the environment and
+the agent together in seconds; the proxy evaluator behind the same interface is tested in test_proxy.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from amc.models import load_model
+from amc.pruning.policy import Policy
+from amc.pruning.space import ChannelRounding, PruningSpace
+
+STUB = ["evaluator=stub", "final.latency_runs=0", "progress=false"]
+
+
+def amc_search(*overrides: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "AMC_CACHE_DIR": str(cwd / "cache")}
+    return subprocess.run([sys.executable, "-m", "amc.cli.search", *overrides], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def episodes(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "episodes.jsonl").read_text().splitlines()]
+
+
+def demo_space(run_dir: Path) -> PruningSpace:
+    cfg = yaml.safe_load((run_dir / "search_config.yaml").read_text())["config"]
+    model, _ = load_model("demo-model")
+    p = cfg["pruning"]
+    return PruningSpace.from_model(model, 256, ChannelRounding(p["multiple"], p["min_channels"], p["max_ratio"]))
+
+
+def test_stub_search_writes_everything_and_meets_the_budget(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run = amc_search(f"hydra.run.dir={out}", *STUB, "episodes=8", "agent.warmup=3", "budget.flops=0.5", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "best" in run.stdout and "uniform" in run.stdout and "original" in run.stdout
+    results = json.loads((out / "results.json").read_text())
+    for key in ("best_reward", "best_map_proxy", "uniform_map_proxy", "flops_ratio", "episodes"):
+        assert results[key] is not None, key
+    assert results["episodes"] == 8 and results["flops_ratio"] <= 0.5
+    log = episodes(out)
+    assert [e["episode"] for e in log] == list(range(8))
+    assert [e["phase"] for e in log] == ["warmup"] * 3 + ["explore"] * 5
+    assert results["best_reward"] == max(e["reward"] for e in log)
+    space = demo_space(out)
+    full = space.full_cost.macs
+    for e in log:  # the environment enforced the budget in every episode
+        assert space.policy_cost(e["ratios"]).macs <= 0.5 * full
+    best = Policy.load(out / "best_policy.yaml")
+    ratios = best.ratios_for(space)
+    assert best.method == "search" and best.budget == {"flops": 0.5}
+    assert best.metrics["reward"] == results["best_reward"]
+    assert np.allclose(ratios, log[results["best_episode"]]["ratios"])
+    pruned, _ = load_model(str(out / "model"))
+    assert pruned.cost(256).macs == space.policy_cost(ratios).macs
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and any((out / "tensorboard").glob("hparams/events.out.tfevents.*"))
+    assert (out / "checkpoint" / "agent" / "agent.pt").is_file()
+
+
+def test_same_seed_same_policies_and_other_seed_differs(tmp_path: Path) -> None:
+    args = (*STUB, "episodes=6", "agent.warmup=2", "final.export_model=false")
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        run = amc_search(f"hydra.run.dir={tmp_path / name}", *args, f"seed={seed}", cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        runs[name] = [e["ratios"] for e in episodes(tmp_path / name)]
+    assert runs["a"] == runs["b"]
+    assert runs["a"] != runs["c"]
+
+
+def test_resume_after_kill_continues_exactly(tmp_path: Path) -> None:
+    args = (*STUB, "episodes=24", "agent.warmup=4", "final.export_model=false")
+    reference = amc_search(f"hydra.run.dir={tmp_path / 'ref'}", *args, cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "AMC_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "amc.cli.search", f"hydra.run.dir={out}", *args], cwd=tmp_path,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:  # kill -9 once a few learning episodes are checkpointed
+            state = out / "checkpoint" / "state.json"
+            try:
+                if json.loads(state.read_text())["episodes_done"] >= 8:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, "the search finished before it could be killed"
+    best_before = Policy.load(out / "best_policy.yaml")  # exported before the kill: complete and loadable
+    assert not (out / "results.json").exists()
+
+    resumed = amc_search(f"resume={out}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    log, ref = episodes(out), episodes(tmp_path / "ref")
+    assert [e["episode"] for e in log] == list(range(24))  # each episode once, none lost, none twice
+    assert [e["ratios"] for e in log] == [e["ratios"] for e in ref]  # the same policies as without the kill
+    results, ref_results = (json.loads((d / "results.json").read_text()) for d in (out, tmp_path / "ref"))
+    assert results["best_reward"] == ref_results["best_reward"] >= best_before.metrics["reward"]
+    assert results["episodes"] == 24
+
+
+def test_multirun_sweep_with_the_submitit_local_launcher(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run = amc_search("-m", "hydra/launcher=local", f"hydra.sweep.dir={sweep}", *STUB, "episodes=2", "agent.warmup=1",
+                     "final.export_model=false", "budget.flops=0.5,0.7", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    results = sorted(sweep.glob("*/results.json"))
+    assert len(results) == 2
+    budgets = sorted(json.loads(r.read_text())["budget"]["flops"] for r in results)
+    assert budgets == [0.5, 0.7]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["agent=nosuch"], "agent=nosuch is not an option of agent"),
+    (["budget.flops=0.001"], "unreachable"),
+    (["model=yolov7-tiny", "evaluator=proxy"], "classes"),  # 80 classes against the demo's 3
+    (["episodes=0"], "episodes must be"),
+    (["ratio_bounds=[0.5,0.2]"], "ratio_bounds"),
+])
+def test_bad_input_is_one_line_before_the_search(tmp_path: Path, overrides: list[str], message: str) -> None:
+    out = tmp_path / "run"
+    stub = [a for a in STUB if not any(o.startswith("evaluator=") for o in overrides) or a != "evaluator=stub"]
+    run = amc_search(f"hydra.run.dir={out}", *stub, *overrides, cwd=tmp_path)
+    assert run.returncode == 2, run.stdout + run.stderr
+    # progress notes (e.g. "generating the demo dataset") may precede it; the error itself is one line
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.strip().splitlines()[-1] == errors[0]
+    assert not (out / "episodes.jsonl").exists()
+
+
+def test_resume_of_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    (tmp_path / "notarun").mkdir()
+    run = amc_search(f"resume={tmp_path / 'notarun'}", cwd=tmp_path)
+    assert run.returncode == 2 and "not an amc-search run directory" in run.stderr
+
+
+def test_unwritable_run_directory(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # a run directory below a file cannot be created, whoever runs the test
+    run = amc_search(f"hydra.run.dir={blocker / 'run'}", *STUB, cwd=tmp_path)
+    assert run.returncode == 2
+    assert len(run.stderr.strip().splitlines()) == 1 and "hydra.run.dir" in run.stderr
