@@ -28,8 +28,8 @@ counts in steps. The AMC choices, each with its source:
   ``agent.observe(final_reward, ...)`` for each step of the trajectory) and ``done=True``, so the critic learns
   the episode's (baselined) reward directly, an n-step return over the whole episode with discount 1.
   (AMC's code keeps ``done`` False except at the last step, so with discount 1 its targets add the next
-  state's value on top of the final reward at every step; the contract of this project chose the unbiased
-  Monte-Carlo target.) The stored action is the one the environment applied after its action wall
+  state's value on top of the final reward at every step, so early layers' targets grow with the number of
+  layers left; amc uses the Monte-Carlo target, which is the same for every step of an episode.) The stored action is the one the environment applied after its action wall
   (``info["applied_action"]``), since that is what produced the reward;
 * updates: after each post-warm-up episode, one gradient step per transition of the episode
   (AMC calls ``update_policy()`` once per stored step), batch 64, tau 0.01, discount 1;

@@ -69,6 +69,7 @@ def test_stub_search_writes_everything_and_meets_the_budget(tmp_path: Path) -> N
     events = list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert events and any((out / "tensorboard").glob("hparams/events.out.tfevents.*"))
     assert (out / "checkpoint" / "agent" / "agent.pt").is_file()
+    assert (out / "reward_curves.svg").read_text().startswith("<svg")
 
 
 def test_same_seed_same_policies_and_other_seed_differs(tmp_path: Path) -> None:
@@ -163,3 +164,12 @@ def test_unwritable_run_directory(tmp_path: Path) -> None:
     run = amc_search(f"hydra.run.dir={blocker / 'run'}", *STUB, cwd=tmp_path)
     assert run.returncode == 2
     assert len(run.stderr.strip().splitlines()) == 1 and "hydra.run.dir" in run.stderr
+
+
+def test_shipped_slurm_launcher_config_composes(tmp_path: Path) -> None:
+    """conf/hydra/launcher/slurm.yaml resolves to submitit's Slurm launcher (no cluster needed to check that)."""
+    run = amc_search("hydra/launcher=slurm", "--cfg", "hydra", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    launcher = yaml.safe_load(run.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert launcher["timeout_min"] == 240 and launcher["gpus_per_node"] == 1

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from amc.plots import scatter_svg  # noqa: F401 (re-exported: the fidelity plot)
 from amc.atomic import atomic_write_json, atomic_write_text
 from amc.cli.app import console, print_table, rounding_from_config
 from amc.errors import ConfigError
@@ -460,69 +461,6 @@ def _print_fidelity(rows: list[dict[str, Any]], variants: dict[str, Any], correl
 # ----------------------------------------------------------------------------------------------------------
 # Scatter plot (hand-written SVG)
 # ----------------------------------------------------------------------------------------------------------
-
-COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
-
-
-def _ticks(lo: float, hi: float, n: int = 6) -> list[float]:
-    span = max(hi - lo, 1e-9)
-    raw = span / max(n - 1, 1)
-    magnitude = 10 ** np.floor(np.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    first = np.ceil(lo / step - 1e-9) * step
-    return [float(round(v, 10)) for v in np.arange(first, hi + step * 1e-6, step)]
-
-
-def scatter_svg(x: Sequence[float], series: dict[str, Sequence[float]], title: str = "", x_label: str = "",
-                y_label: str = "", width: int = 720, height: int = 520) -> str:
-    """A scatter plot of one or more ``y`` series against ``x`` as an SVG document (with a y = x guide)."""
-    xs = np.asarray(x, dtype=np.float64)
-    ys = {name: np.asarray(v, dtype=np.float64) for name, v in series.items()}
-    values = np.concatenate([xs, *ys.values()]) if len(xs) else np.zeros(1)
-    values = values[np.isfinite(values)] if np.isfinite(values).any() else np.zeros(1)
-    lo, hi = float(values.min()), float(values.max())
-    pad = max(0.05 * (hi - lo), 0.01)
-    lo, hi = max(0.0, lo - pad), hi + pad
-    left, right, top, bottom = 70, 20, 50, 60
-    pw, ph = width - left - right, height - top - bottom
-
-    def px(v: float) -> float:
-        return left + (v - lo) / (hi - lo) * pw
-
-    def py(v: float) -> float:
-        return top + ph - (v - lo) / (hi - lo) * ph
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
-             f'<rect width="{width}" height="{height}" fill="white"/>',
-             f'<text x="{width / 2:.1f}" y="24" text-anchor="middle" font-size="13">{_escape(title)}</text>']
-    for t in _ticks(lo, hi):
-        parts.append(f'<line x1="{px(t):.1f}" y1="{top}" x2="{px(t):.1f}" y2="{top + ph}" stroke="#eee"/>')
-        parts.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{left + pw}" y2="{py(t):.1f}" stroke="#eee"/>')
-        parts.append(f'<text x="{px(t):.1f}" y="{top + ph + 16}" text-anchor="middle">{t:g}</text>')
-        parts.append(f'<text x="{left - 6}" y="{py(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
-    parts.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>')
-    parts.append(f'<line x1="{px(lo):.1f}" y1="{py(lo):.1f}" x2="{px(hi):.1f}" y2="{py(hi):.1f}" stroke="#999" '
-                 'stroke-dasharray="4 4"><title>y = x</title></line>')
-    parts.append(f'<text x="{left + pw / 2:.1f}" y="{height - 18}" text-anchor="middle">{_escape(x_label)}</text>')
-    parts.append(f'<text x="18" y="{top + ph / 2:.1f}" text-anchor="middle" '
-                 f'transform="rotate(-90 18 {top + ph / 2:.1f})">{_escape(y_label)}</text>')
-    for k, (name, y) in enumerate(ys.items()):
-        color = COLORS[k % len(COLORS)]
-        for xv, yv in zip(xs, y):
-            if np.isfinite(xv) and np.isfinite(yv):
-                parts.append(f'<circle cx="{px(xv):.1f}" cy="{py(yv):.1f}" r="4.5" fill="{color}" fill-opacity="0.75">'
-                             f'<title>{_escape(name)}: proxy {xv:.3f}, {yv:.3f}</title></circle>')
-        ly = top + 16 + 18 * k
-        parts.append(f'<circle cx="{left + 14}" cy="{ly - 4}" r="4.5" fill="{color}"/>')
-        parts.append(f'<text x="{left + 24}" y="{ly}">{_escape(name)}</text>')
-    parts.append("</svg>")
-    return "\n".join(parts) + "\n"
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Speed

@@ -10,8 +10,6 @@ when the budget or the reward needs it, estimates its latency from the per-unit
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-
 import numpy as np
 
 from amc.eval.latency_table import LatencyTable
@@ -21,28 +19,19 @@ from amc.reward.functions import EpisodeOutcome
 from amc.reward.proxy import ProxyEvaluator, ProxyResult
 
 
-@dataclass
-class CostFigures:
-    """Analytic cost of one policy and of the unpruned model (and the table's latency estimate, if any)."""
-
-    flops: float
-    params: float
-    full_flops: float
-    full_params: float
-    latency_ms: float | None = None
-    full_latency_ms: float | None = None
-
-
-def policy_figures(space: PruningSpace, ratios: Sequence[float], latency_table: LatencyTable | None = None
-                   ) -> CostFigures:
-    """FLOPs (2 x MACs), params and, with a table, estimated latency of ``ratios`` and of the unpruned model."""
+def policy_outcome(space: PruningSpace, ratios: Sequence[float], map50_95: float,
+                   latency_table: LatencyTable | None = None) -> EpisodeOutcome:
+    """The outcome of ``ratios`` scored ``map50_95``: FLOPs (2 x MACs) and params counted on the space, and with a
+    table the estimated latency, each with the unpruned model's figure."""
     kept = space.kept_channels(ratios)
     cost, full = space.cost(kept), space.full_cost
     latency = full_latency = None
     if latency_table is not None:
         latency = latency_table.estimate(kept)
         full_latency = latency_table.estimate(space.full_widths)
-    return CostFigures(2.0 * cost.macs, float(cost.params), 2.0 * full.macs, float(full.params), latency, full_latency)
+    return EpisodeOutcome(map50_95=map50_95, flops=2.0 * cost.macs, params=float(cost.params),
+                          full_flops=2.0 * full.macs, full_params=float(full.params), latency_ms=latency,
+                          full_latency_ms=full_latency)
 
 
 class ProxyPolicyEvaluator:
@@ -63,9 +52,7 @@ class ProxyPolicyEvaluator:
     def __call__(self, ratios: np.ndarray) -> EpisodeOutcome:
         selection = self.criterion.select(self.space.kept_channels(ratios))
         self.last_result = result = self.proxy(selection)
-        f = policy_figures(self.space, ratios, self.latency_table)
-        return EpisodeOutcome(map50_95=result.map50_95, flops=f.flops, params=f.params, full_flops=f.full_flops,
-                              full_params=f.full_params, latency_ms=f.latency_ms, full_latency_ms=f.full_latency_ms)
+        return policy_outcome(self.space, ratios, result.map50_95, self.latency_table)
 
     def unpruned_map(self) -> float:
         """Proxy mAP@0.5:0.95 of the unpruned model (same subset, same settings)."""

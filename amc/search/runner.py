@@ -244,7 +244,7 @@ class SearchRunner:
                 raise ConfigError(f"evaluator=stub reads no data: use a data-free criterion (l1, l2, bn, random), "
                                   f"not {criterion.name}")
             criterion.prepare(self.model, self.space)
-            return StubEvaluator(self.space)
+            return StubEvaluator(self.space, latency_table=self.latency_table)
         if name != "proxy":
             raise ConfigError(f"evaluator.name must be proxy or stub, got {name!r}")
         from amc.reward.benchmarks import proxy_settings
@@ -366,7 +366,7 @@ class SearchRunner:
     # ------------------------------------------------------------------ the end
     def _finish(self) -> dict[str, Any]:
         from amc.reward.functions import reward_from_config
-        from amc.search.evaluation import policy_figures
+        from amc.search.evaluation import policy_outcome
 
         s, st = self.settings, self.state
         if st.best_ratios is None:
@@ -379,8 +379,8 @@ class SearchRunner:
         uniform_outcome = self.evaluate(uniform)
         uniform_reward = reward_from_config(self.cfg.reward)(uniform_outcome)
         unpruned_map = self.evaluate.unpruned_map() if hasattr(self.evaluate, "unpruned_map") else None
-        best_fig = policy_figures(self.space, best, self.latency_table)
-        uni_fig = policy_figures(self.space, uniform, self.latency_table)
+        best_fig = policy_outcome(self.space, best, float("nan"), self.latency_table)
+        uni_fig = uniform_outcome
 
         models: dict[str, Any] = {}
         if s.export_model or s.final_latency_runs:
@@ -425,6 +425,13 @@ class SearchRunner:
                           "episodes": st.episodes_done, "evaluator": str(self.cfg.evaluator.name)},
                          {"best_reward": st.best_reward, "best_map_proxy": st.best_metrics.get("map50_95"),
                           "uniform_map_proxy": uniform_outcome.map50_95, "flops_ratio": results["flops_ratio"]})
+        self.log.flush()
+        from amc.search.tracking import reward_curves_svg
+
+        atomic_write_text(self.run_dir / "reward_curves.svg", reward_curves_svg(
+            self.run_dir, f"{self.cfg.agent.name} search, {s.budget_metric} budget {s.budget_fraction:g}: reward per "
+                          f"episode (from the TensorBoard events)",
+            {"uniform pruning: reward": uniform_reward.value, "uniform pruning: proxy mAP": uniform_outcome.map50_95}))
         self._print_summary(rows)
         console.print(f"best policy (episode {st.best_episode + 1}): {self.run_dir / BEST_POLICY_FILE}; "
                       f"results.json{', pruned model in model/' if s.export_model else ''} in {self.run_dir}")

@@ -14,6 +14,7 @@ same way.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -103,3 +104,36 @@ class SearchLog:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def read_scalars(run_dir: Path, tags: tuple[str, ...]) -> dict[str, tuple[list[int], list[float]]]:
+    """Scalar curves ``tag -> (steps, values)`` read back from the run's TensorBoard event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its reader logs every file it scans
+    events = EventAccumulator(str(Path(run_dir) / TENSORBOARD_DIR), size_guidance={"scalars": 0})
+    events.Reload()
+    available = set(events.Tags().get("scalars", []))
+    curves = {}
+    for tag in tags:
+        if tag in available:
+            points = events.Scalars(tag)
+            curves[tag] = ([p.step for p in points], [p.value for p in points])
+    return curves
+
+
+def reward_curves_svg(run_dir: Path, title: str, references: dict[str, float] | None = None) -> str:
+    """The search's reward, best reward and proxy mAP per episode, drawn from its TensorBoard event files.
+
+    ``references`` adds horizontal lines (e.g. the reward of uniform pruning at the same budget).
+    """
+    from amc.plots import line_svg
+
+    names = {"search/reward": "episode reward", "search/best_reward": "best reward so far",
+             "search/map50_95": "proxy mAP@0.5:0.95"}
+    curves = read_scalars(run_dir, tuple(names))
+    series = {names[tag]: xy for tag, xy in curves.items()}
+    steps = curves.get("search/reward", ([0], [0.0]))[0]
+    for name, value in (references or {}).items():
+        series[name] = ([min(steps), max(steps)], [value, value])
+    return line_svg(series, title=title, x_label="episode", y_label="reward / mAP")
