@@ -152,6 +152,15 @@ def test_bad_input_is_one_line_before_the_search(tmp_path: Path, overrides: list
     assert not (out / "episodes.jsonl").exists()
 
 
+def test_a_new_search_refuses_the_folder_of_another(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = amc_search(f"hydra.run.dir={out}", *STUB, "episodes=1", "agent.warmup=1", "final.export_model=false",
+                       cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = amc_search(f"hydra.run.dir={out}", *STUB, "episodes=1", cwd=tmp_path)
+    assert again.returncode == 2 and f"resume={out}" in again.stderr.strip().splitlines()[-1]
+
+
 def test_resume_of_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     (tmp_path / "notarun").mkdir()
     run = amc_search(f"resume={tmp_path / 'notarun'}", cwd=tmp_path)

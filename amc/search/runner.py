@@ -160,12 +160,15 @@ class SearchRunner:
         self.resuming = bool(cfg.get("resume"))
         self.settings = SearchSettings.from_config(cfg)
         check_writable(self.run_dir)
+        if not self.resuming and (self.run_dir / CONFIG_FILE).exists():
+            raise ConfigError(f"{self.run_dir} already holds a search: continue it with resume={self.run_dir} "
+                              f"or choose another hydra.run.dir")
         self.state = SearchState()
         self._build()
 
     # ------------------------------------------------------------------ building
     def _build(self) -> None:
-        from agents import make_agent
+        from agents import SearchAgent, agent_from_config
         from amc.pruning.criteria import make_criterion
         from amc.pruning.space import PruningSpace
         from amc.reward.functions import reward_from_config
@@ -177,8 +180,6 @@ class SearchRunner:
         reward = reward_from_config(cfg.reward)
         criterion_name = str(cfg.evaluator.get("criterion") or "l1")
         criterion = make_criterion(criterion_name, seed=s.seed, **(_plain(cfg.evaluator.get("criterion_options")) or {}))
-        agent_name = str(cfg.agent.get("name"))
-        agent_options = {k: v for k, v in (_plain(cfg.agent) or {}).items() if k != "name"}
         rounding = rounding_from_config(cfg.pruning)
         torch.manual_seed(s.seed)
         np.random.seed(s.seed)
@@ -201,13 +202,11 @@ class SearchRunner:
         self.env.reset(seed=s.seed)
         checkpoint = complete_dir(self.run_dir / CHECKPOINT_DIR) if self.resuming else None
         if checkpoint is not None:
-            from agents import AGENTS
-
-            self.agent = AGENTS[agent_name].load(checkpoint / "agent", self.env)
+            self.agent = SearchAgent.load(checkpoint / "agent", self.env)
             self.state = SearchState.from_dict(json.loads((checkpoint / "state.json").read_text()))
             self._adopt_exported_best()
         else:
-            self.agent = make_agent(agent_name, self.env, s.seed, **agent_options)
+            self.agent = agent_from_config(_plain(cfg.agent), self.env, s.seed)
         if not self.resuming:
             atomic_write_text(self.run_dir / CONFIG_FILE, yaml.safe_dump(
                 {RUN_MARKER: 1, "config": _plain(cfg)}, sort_keys=False))
@@ -280,7 +279,7 @@ class SearchRunner:
         first = self.state.episodes_done
         if self.resuming:
             console.print(f"resuming {self.run_dir} at episode {first + 1} of {s.episodes}")
-        self.log = SearchLog(self.run_dir, first)
+        self.log = SearchLog(self.run_dir, first, resuming=self.resuming)
         console.print(f"search: {len(self.space)} units, budget {s.budget_metric} <= {s.budget_fraction:g}, "
                       f"agent {self.cfg.agent.name}, reward {self.cfg.reward.name}, {s.episodes} episodes")
         progress = Progress(TextColumn("episodes"), BarColumn(), MofNCompleteColumn(),

@@ -51,12 +51,15 @@ class SearchLog:
 
     Args:
         run_dir: the search's run directory.
-        first_episode: the first episode this process will log (> 0 when resuming).
+        first_episode: the first episode this process will log.
+        resuming: a resumed run: events and log lines from ``first_episode`` on are discarded.
     """
 
-    def __init__(self, run_dir: Path, first_episode: int = 0) -> None:
+    def __init__(self, run_dir: Path, first_episode: int = 0, resuming: bool = False) -> None:
         self.run_dir = Path(run_dir)
-        self.writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), purge_step=first_episode or None)
+        # resuming (even from episode 0, when the kill came before the first checkpoint): drop later points
+        self.writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR),
+                                    purge_step=first_episode if resuming else None)
         self.episode_log = self.run_dir / EPISODE_LOG
         self._truncate_log(first_episode)
 
