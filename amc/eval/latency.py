@@ -35,7 +35,6 @@ import copy
 import statistics
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,14 +44,13 @@ import torch
 from torch import nn
 
 from amc.errors import ConfigError
+from amc.export.onnx import ONNX_OPSET, torch_to_onnx
 
 #: Backends :func:`measure_latency` and :func:`compare_latency` know.
 BACKENDS = ("torch-cpu", "torch-cuda", "onnxruntime-cpu")
 
 #: Untimed passes per model when ``warmup`` is not given (CUDA needs more: cuDNN picks its kernels, clocks rise).
 DEFAULT_WARMUP = {"torch-cpu": 3, "torch-cuda": 10, "onnxruntime-cpu": 3}
-
-ONNX_OPSET = 17
 
 
 @dataclass(frozen=True)
@@ -218,10 +216,7 @@ class LatencySession:
             self._tmp = tempfile.TemporaryDirectory(prefix="amc-latency-")
         path = Path(self._tmp.name) / f"model{len(self._timers)}.onnx"
         cpu_model = model if _model_device(model).type == "cpu" else copy.deepcopy(model).cpu()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-            torch.onnx.export(cpu_model, (torch.zeros(shape),), str(path), dynamo=False, opset_version=ONNX_OPSET,
-                              input_names=["images"], do_constant_folding=True)
+        torch_to_onnx(cpu_model, shape, path, ONNX_OPSET)  # amc's one export path (amc.export.onnx)
         return str(path)
 
     def _onnx_timer(self, model: bytes | str, shape: tuple[int, ...], restore: Callable[[], None] | None) -> Timer:
