@@ -1,8 +1,10 @@
 """The YOLOv7 training loop: SGD with warm-up and a cosine schedule, EMA, AMP on CUDA, resumable.
 
-One component serves training from scratch (the demo checkpoint), fine-tuning pruned models and, later,
-distillation: the loss is a pluggable ``criterion(preds, targets, images) -> (loss, items)`` and evaluation
-a pluggable ``evaluate(model) -> metrics`` callable.
+One component serves training from scratch (the demo checkpoint), fine-tuning pruned models and
+distillation: the loss is a pluggable ``criterion(preds, targets, images) -> (loss, items)`` (a criterion may
+name its items with a ``loss_names`` attribute; default box, obj, cls, total), evaluation a pluggable
+``evaluate(model) -> metrics`` callable, and ``extra`` modules the loss owns (e.g. distillation adapters) are
+trained with the model and kept in the resume state, but not exported.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class TrainConfig:
         resume: continue from ``save_dir/trainer_state.pt`` when it exists.
         tensorboard: write TensorBoard scalars to ``save_dir/tensorboard``.
         progress: show a progress bar.
+        export_extra: more metadata written into the exported ``last/`` and ``best/`` models.
     """
 
     epochs: int = 100
@@ -66,6 +69,7 @@ class TrainConfig:
     resume: bool = False
     tensorboard: bool = True
     progress: bool = True
+    export_extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,18 +132,28 @@ class Trainer:
         config: loop settings.
         device: where to train.
         evaluate: optional ``evaluate(model) -> {'map50_95': ..., 'map50': ...}`` run on the EMA model.
+        extra: optional trainable modules the criterion uses besides the model (distillation adapters): moved
+            to ``device``, optimized in the same parameter groups, saved in and restored from the resume state.
     """
 
     def __init__(self, model: YOLOv7, train_set: Any, hyp: dict[str, Any], criterion: Criterion,
-                 config: TrainConfig, device: torch.device, evaluate: Evaluate | None = None) -> None:
+                 config: TrainConfig, device: torch.device, evaluate: Evaluate | None = None,
+                 extra: nn.Module | None = None) -> None:
         self.model, self.hyp, self.criterion = model.to(device), dict(hyp), criterion
         self.config, self.device, self.evaluate = config, device, evaluate
+        self.extra = extra.to(device) if extra is not None else None
+        self.loss_names = tuple(getattr(criterion, "loss_names", LOSS_NAMES))
         self.train_set = train_set
         self.save_dir = Path(config.save_dir)
         bs = config.batch_size
         self.accumulate = max(round(config.nominal_batch_size / bs), 1)
         weight_decay = float(hyp["weight_decay"]) * bs * self.accumulate / config.nominal_batch_size
         no_decay, decay, biases = parameter_groups(model)
+        if self.extra is not None:
+            groups = parameter_groups(self.extra)
+            no_decay, decay, biases = no_decay + groups[0], decay + groups[1], biases + groups[2]
+        extra_parameters = list(self.extra.parameters()) if self.extra is not None else []
+        self.trained_parameters = list(model.parameters()) + extra_parameters  # gradient clipping
         self.optimizer = torch.optim.SGD(no_decay, lr=hyp["lr0"], momentum=hyp["momentum"], nesterov=True)
         self.optimizer.add_param_group({"params": decay, "weight_decay": weight_decay})
         self.optimizer.add_param_group({"params": biases})
@@ -171,7 +185,7 @@ class Trainer:
                 self.train_set.set_epoch(epoch)  # augmentations depend on (seed, epoch, index) only
                 mean_items = self._train_epoch(loader, epoch, nb, warmup_iters, writer)
                 self.scheduler.step()
-                record: dict[str, Any] = {"epoch": epoch + 1, **dict(zip(LOSS_NAMES, mean_items))}
+                record: dict[str, Any] = {"epoch": epoch + 1, **dict(zip(self.loss_names, mean_items))}
                 final = epoch + 1 == cfg.epochs
                 if self.evaluate is not None and ((epoch + 1) % max(cfg.eval_interval, 1) == 0 or final):
                     last_metrics = self.evaluate(self.ema.ema)
@@ -182,10 +196,10 @@ class Trainer:
                     score = fitness(last_metrics)
                     if score > self.best_fitness:
                         self.best_fitness, self.best_metrics = score, dict(last_metrics)
-                        save_model(self.ema.ema, self.save_dir / "best", extra={"metrics": last_metrics,
-                                                                                "epoch": epoch + 1})
+                        save_model(self.ema.ema, self.save_dir / "best", extra={
+                            **cfg.export_extra, "metrics": last_metrics, "epoch": epoch + 1})
                 self.history.append(record)
-                save_model(self.ema.ema, self.save_dir / "last", extra={"epoch": epoch + 1})
+                save_model(self.ema.ema, self.save_dir / "last", extra={**cfg.export_extra, "epoch": epoch + 1})
                 self._save_state(epoch + 1)
         finally:
             if writer is not None:
@@ -197,7 +211,10 @@ class Trainer:
 
     def _train_epoch(self, loader: DataLoader, epoch: int, nb: int, warmup_iters: int, writer: Any) -> list[float]:
         self.model.train()
-        sums = torch.zeros(4)
+        if self.extra is not None:
+            self.extra.train()
+        names = self.loss_names
+        sums = torch.zeros(len(names))
         self.optimizer.zero_grad()
         columns = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[losses]}"), TimeRemainingColumn()]
@@ -218,7 +235,7 @@ class Trainer:
                 self.scaler.scale(loss).backward()
                 if (ni + 1) % self.accumulate == 0 or i + 1 == nb:
                     self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
+                    torch.nn.utils.clip_grad_norm_(self.trained_parameters, max_norm=10.0)
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
                     self.optimizer.zero_grad()
@@ -226,9 +243,9 @@ class Trainer:
                 items = items.detach().float().cpu()
                 sums += items
                 mean = sums / (i + 1)
-                bar.update(task, advance=1, losses=" ".join(f"{n} {v:.3f}" for n, v in zip(LOSS_NAMES, mean)))
+                bar.update(task, advance=1, losses=" ".join(f"{n} {v:.3f}" for n, v in zip(names, mean)))
                 if writer is not None:
-                    for n, v in zip(LOSS_NAMES, items.tolist()):
+                    for n, v in zip(names, items.tolist()):
                         writer.add_scalar(f"train/{n}", v, ni)
                     writer.add_scalar("train/lr", self.optimizer.param_groups[1]["lr"], ni)
         return (sums / max(nb, 1)).tolist()
@@ -256,6 +273,8 @@ class Trainer:
                  "ema_updates": self.ema.updates, "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "best_fitness": self.best_fitness, "best_metrics": self.best_metrics, "history": self.history}
+        if self.extra is not None:
+            state["extra"] = self.extra.state_dict()
         with atomic_file(self.save_dir / STATE_FILE) as tmp:
             torch.save(state, tmp)
 
@@ -268,6 +287,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
+            if self.extra is not None:
+                self.extra.load_state_dict(state["extra"])
         except (RuntimeError, KeyError, ValueError) as e:
             raise CheckpointError(f"{path}: cannot resume from this state ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0]}); delete it or set resume=false") from None
