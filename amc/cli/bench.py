@@ -179,8 +179,28 @@ def speed_bench(cfg: DictConfig) -> dict:
     return run(cfg)
 
 
+def compare_bench(cfg: DictConfig) -> dict:
+    from amc.bench.compare import compare_bench as run
+
+    return run(cfg)
+
+
+def parallel_bench(cfg: DictConfig) -> dict:
+    from amc.bench.parallel import parallel_bench as run
+
+    return run(cfg)
+
+
+def memory_bench(cfg: DictConfig) -> dict:
+    from amc.bench.memory import memory_bench as run
+
+    return run(cfg)
+
+
 BENCHES: dict[str, Callable[[DictConfig], dict]] = {"pruning": pruning_bench, "latency": latency_bench,
-                                                    "fidelity": fidelity_bench, "speed": speed_bench}
+                                                    "fidelity": fidelity_bench, "speed": speed_bench,
+                                                    "compare": compare_bench, "parallel": parallel_bench,
+                                                    "memory": memory_bench}
 
 
 @amc_app("bench")

@@ -1,0 +1,1 @@
+"""Search-level benchmarks (``amc-bench bench=compare|parallel|memory``): evidence that the search pays."""
