@@ -141,7 +141,8 @@ def export_detector(model: nn.Module, img_size: int | tuple[int, int] = 640, ops
 
     A float32 CPU copy of ``model`` is exported in eval mode (fused first when ``fuse``), so the model itself is
     not changed. ``img_size`` only shapes the tracing input: batch, height and width are dynamic. Class names,
-    strides and the fusing are kept in the graph's metadata (``amc.*`` keys).
+    strides, the fusing and the architecture (so the graph's parameters and FLOPs can be counted) are kept in
+    the graph's metadata (``amc.*`` keys).
 
     Raises:
         ExportError: an unsupported operator; a graph the ONNX checker rejects.
@@ -168,6 +169,8 @@ def export_detector(model: nn.Module, img_size: int | tuple[int, int] = 640, ops
     meta = {"amc.nc": str(getattr(m, "nc", "")), "amc.fused": json.dumps(bool(getattr(m, "fused", False))),
             "amc.names": json.dumps(list(getattr(m, "names", []))),
             "amc.stride": json.dumps([float(s) for s in getattr(m, "stride", torch.tensor([])).tolist()])}
+    if hasattr(m, "arch"):  # lets a report count the graph's parameters and FLOPs exactly (amc.eval.report)
+        meta["amc.architecture"] = json.dumps(m.arch.to_dict())
     set_metadata(proto, meta)
     check_graph(proto)
     return proto
