@@ -3,6 +3,12 @@
 A search agent plays whole episodes of the pruning environment (one step per prunable unit, the reward at the
 last step) and, where it learns, updates itself after each episode. :meth:`SearchAgent.run` is resumable: it
 plays until ``episodes_done`` reaches the requested total, so a resumed search is ``load`` + ``run(same total)``.
+
+:meth:`SearchAgent.run_batched` plays the same episodes several at a time on a stable-baselines3 ``VecEnv``
+(one environment per worker process, see :mod:`amc.search.parallel`): every episode has one step per unit, so the
+environments step in lockstep and their (expensive) final evaluations run in parallel. The agent then takes the
+batch's episodes in a fixed order (environment 0 first) and treats each exactly as its serial loop would
+(replay, the same number of updates, the report); it is resumable at batch boundaries.
 """
 
 from __future__ import annotations
@@ -17,12 +23,21 @@ from typing import Any, ClassVar
 import gymnasium
 import numpy as np
 import torch
+from stable_baselines3.common.vec_env import VecEnv
 
 from amc.atomic import atomic_file
 from amc.errors import CheckpointError, ConfigError
 
 CHECKPOINT = "agent.pt"
 """The file :meth:`SearchAgent.save` writes into its directory (one file, so one rename makes it atomic)."""
+
+IDLE_ACTION = float("nan")
+"""The action a batched rollout sends to an environment that sits out the batch (fewer episodes left than
+environments): :class:`amc.search.parallel.LockstepEnv` answers it without stepping or evaluating anything."""
+
+STEP_REWARD = "step_reward"
+"""``info`` key where :class:`amc.search.parallel.LockstepEnv` keeps the environment's own float reward (a
+``VecEnv`` may store rewards as float32, and the serial loop reports the float64 one)."""
 
 
 @dataclass
@@ -37,7 +52,11 @@ class EpisodeReport:
         info: the last step's ``info`` (outcome, cost, kept widths ...).
         metrics: the agent's own figures for this episode (losses, sigma, reward baseline ...).
         phase: what the agent was doing: ``warmup``, ``explore``, ``random`` or ``uniform``.
-        seconds: wall time of the episode including the agent's updates.
+        seconds: wall time of the episode including the agent's updates (in a batch: the batch's wall time
+            divided by its episodes, so the episodes' seconds still add up to the search time).
+        last_in_batch: whether the agent's state now includes every episode reported so far (always true in the
+            serial loop; in :meth:`SearchAgent.run_batched` only for a batch's last episode, the one place where
+            a checkpoint can be taken that a resumed run continues exactly).
     """
 
     episode: int
@@ -48,6 +67,7 @@ class EpisodeReport:
     metrics: dict[str, float] = field(default_factory=dict)
     phase: str = ""
     seconds: float = 0.0
+    last_in_batch: bool = True
 
 
 @dataclass
@@ -159,6 +179,87 @@ class SearchAgent(ABC):
             obs = next_obs
             if terminated or truncated:
                 return Rollout(transitions, float(reward), dict(info))
+
+    def run_batched(self, vec_env: VecEnv, episodes: int,
+                    on_episode: Callable[[EpisodeReport], None] | None = None) -> None:
+        """Play episodes ``vec_env.num_envs`` at a time until :attr:`episodes_done` equals ``episodes``.
+
+        Each batch plays ``min(num_envs, episodes left)`` episodes in parallel (the environments beyond that sit
+        it out), then hands them to :meth:`finish_batch` in environment order. ``on_episode`` is called for each
+        episode of the batch after the agent has processed the whole batch; only the batch's last report has
+        ``last_in_batch`` set, and a :meth:`save` there captures a state from which :meth:`run_batched` (with
+        the same number of environments) continues exactly.
+
+        Args:
+            vec_env: ``num_envs`` copies of the pruning environment, each wrapped in
+                :class:`amc.search.parallel.LockstepEnv` (see :func:`amc.search.parallel.make_vec_env`).
+            episodes: the total number of episodes, counting those already played.
+            on_episode: called with each episode's report.
+        """
+        if episodes < self.episodes_done:
+            raise ConfigError(f"the agent has already played {self.episodes_done} episodes; ask for at least that "
+                              f"many (got {episodes})")
+        while self.episodes_done < episodes:
+            started = time.perf_counter()
+            n = min(vec_env.num_envs, episodes - self.episodes_done)
+            reports = self.play_batch(vec_env, n)
+            seconds = (time.perf_counter() - started) / max(len(reports), 1)
+            for i, report in enumerate(reports):
+                report.seconds, report.last_in_batch = seconds, i == len(reports) - 1
+                if on_episode is not None:
+                    on_episode(report)
+
+    def play_batch(self, vec_env: VecEnv, n: int) -> list[EpisodeReport]:
+        """Play ``n`` episodes at once on the first ``n`` environments of ``vec_env`` and report them in order.
+
+        The default plays each environment with :meth:`batch_action` and lets :meth:`finish_batch` account for
+        the episodes; agents override those two, not this.
+        """
+        first = self.episodes_done
+        rollouts = self.rollout_batch(vec_env, n, lambda obs: [self.batch_action(first + i, o)
+                                                               for i, o in enumerate(obs)])
+        return self.finish_batch(rollouts)
+
+    def batch_action(self, episode: int, obs: np.ndarray) -> float:
+        """The action of ``episode`` (absolute index) for ``obs`` in a batched rollout (agents override it, or
+        :meth:`play_batch` for batch-wide work such as one actor pass over all observations)."""
+        raise NotImplementedError(f"the {self.name} agent cannot play batched episodes")
+
+    def finish_batch(self, rollouts: list[Rollout]) -> list[EpisodeReport]:
+        """Account for a batch's episodes in order (store, update, count, report); agents override it."""
+        raise NotImplementedError(f"the {self.name} agent cannot play batched episodes")
+
+    def rollout_batch(self, vec_env: VecEnv, n: int, act: Callable[[np.ndarray], Any]) -> list[Rollout]:
+        """Play one episode on each of the first ``n`` environments of ``vec_env`` in lockstep.
+
+        At every step ``act`` gets the ``(n, obs_dim)`` observations of the playing environments and returns
+        their ``n`` actions in ``[-1, 1]``; the other environments get :data:`IDLE_ACTION`. Every environment is
+        reset at the start (SB3's ``VecEnv`` resets a finished one itself, which a resumed run could not
+        reproduce, so the episode never starts from that automatic reset). All playing episodes must end at
+        the same step, as the pruning environment's do (one step per unit).
+        """
+        if not 1 <= n <= vec_env.num_envs:
+            raise ValueError(f"a batch plays 1 to {vec_env.num_envs} episodes, got {n}")
+        obs = np.asarray(vec_env.reset(), dtype=np.float32)
+        transitions: list[list[Transition]] = [[] for _ in range(n)]
+        while True:
+            actions = np.full((vec_env.num_envs, 1), IDLE_ACTION, dtype=np.float32)
+            actions[:n, 0] = np.asarray(act(obs[:n]), dtype=np.float32).reshape(n)
+            next_obs, rewards, dones, infos = vec_env.step(actions)
+            done = np.asarray(dones[:n], dtype=bool)
+            for i in range(n):
+                info = infos[i]
+                applied = np.asarray(info.get("applied_action", actions[i]), dtype=np.float32).reshape(1)
+                # a finished environment was reset by the VecEnv: its episode's last observation is in the info
+                after = info["terminal_observation"] if done[i] else next_obs[i]
+                transitions[i].append(Transition(obs[i].copy(), applied, np.asarray(after, np.float32)))
+            if done.any():
+                if not done.all():
+                    raise RuntimeError("batched episodes must all end at the same step (one step per unit); "
+                                       f"these ended early: {np.flatnonzero(done).tolist()}")
+                return [Rollout(transitions[i], float(infos[i].get(STEP_REWARD, rewards[i])), dict(infos[i]))
+                        for i in range(n)]
+            obs = np.asarray(next_obs, dtype=np.float32)
 
     def report(self, rollout: Rollout, phase: str, started: float,
                metrics: dict[str, float] | None = None) -> EpisodeReport:

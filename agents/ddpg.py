@@ -32,7 +32,9 @@ counts in steps. The AMC choices, each with its source:
   layers left; amc uses the Monte-Carlo target, which is the same for every step of an episode.) The stored action is the one the environment applied after its action wall
   (``info["applied_action"]``), since that is what produced the reward;
 * updates: after each post-warm-up episode, one gradient step per transition of the episode
-  (AMC calls ``update_policy()`` once per stored step), batch 64, tau 0.01, discount 1;
+  (AMC calls ``update_policy()`` once per stored step), batch 64, tau 0.01, discount 1. With parallel episodes
+  (:meth:`~agents.base.SearchAgent.run_batched`) a batch's episodes are all played with the actor as it was at
+  the batch's start, then stored and learned from one after the other with these same updates per episode;
 * networks: actor and critic with two hidden layers of 300 (AMC ``--hidden1 300 --hidden2 300``); SB3's
   critic feeds the concatenated (state, action) to its first layer, which equals AMC's sum of two linear
   layers ``fc11(s) + fc12(a)`` up to one redundant bias; the actor ends in tanh ([-1, 1]) where AMC's ends in
@@ -57,10 +59,10 @@ from stable_baselines3 import DDPG
 from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.utils import polyak_update, update_learning_rate
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch.nn import functional as F
 
-from agents.base import EpisodeReport, SearchAgent, ratio_bounds
+from agents.base import EpisodeReport, Rollout, SearchAgent, ratio_bounds
 from agents.noise import TruncatedNormalNoise
 from amc.errors import ConfigError
 
@@ -283,13 +285,39 @@ class DDPGAgent(SearchAgent):
             x = torch.as_tensor(np.asarray(obs, np.float32).reshape(1, -1), device=self.model.device)
             return float(self.model.actor(x).item())
 
+    def actor_actions(self, obs: np.ndarray) -> list[float]:
+        """The actor's deterministic actions for a batch of observations ``(n, obs_dim)``, in one pass."""
+        with torch.no_grad(), single_thread():
+            x = torch.as_tensor(np.asarray(obs, np.float32).reshape(len(obs), -1), device=self.model.device)
+            return [float(a) for a in self.model.actor(x).reshape(-1).tolist()]
+
     def play_episode(self) -> EpisodeReport:
         started = time.perf_counter()
         k = self.episodes_done - self.warmup  # k-th episode after the warm-up (< 0: warm-up)
         if k < 0:
-            phase, rollout = "warmup", self.rollout(lambda obs: float(self.rng.uniform(-1.0, 1.0)))
+            rollout = self.rollout(lambda obs: float(self.rng.uniform(-1.0, 1.0)))
         else:
-            phase, rollout = "explore", self.rollout(lambda obs: self.noise(self.rng, self.actor_action(obs), k))
+            rollout = self.rollout(lambda obs: self.noise(self.rng, self.actor_action(obs), k))
+        return self._learn(rollout, started)
+
+    def play_batch(self, vec_env: VecEnv, n: int) -> list[EpisodeReport]:
+        """``n`` episodes at once: one actor pass over the batch's observations per step, then each episode's
+        own draw (uniform in its warm-up, its own sigma after it) from the agent's Generator, environment 0
+        first; warm-up and sigma count per episode, so a batch may straddle the end of the warm-up."""
+        ks = [self.episodes_done + i - self.warmup for i in range(n)]
+
+        def act(obs: np.ndarray) -> list[float]:
+            mu = self.actor_actions(obs) if max(ks) >= 0 else []
+            return [float(self.rng.uniform(-1.0, 1.0)) if k < 0 else self.noise(self.rng, mu[i], k)
+                    for i, k in enumerate(ks)]
+
+        rollouts = self.rollout_batch(vec_env, n, act)
+        started = time.perf_counter()
+        return [self._learn(rollout, started) for rollout in rollouts]
+
+    def _learn(self, rollout: Rollout, started: float) -> EpisodeReport:
+        """Store episode ``episodes_done`` in the replay buffer, update (after the warm-up), count and report it."""
+        k = self.episodes_done - self.warmup
         # AMC's crediting: the final reward for every step of the episode, each step terminal
         reward, done = np.array([rollout.reward], np.float32), np.array([True])
         for t in rollout.transitions:
@@ -299,7 +327,7 @@ class DDPGAgent(SearchAgent):
             with single_thread():
                 metrics.update(self.model.train(len(rollout.transitions), self.batch_size))
         self.episodes_done += 1
-        return self.report(rollout, phase, started, metrics)
+        return self.report(rollout, "warmup" if k < 0 else "explore", started, metrics)
 
     # -- checkpoints ----------------------------------------------------------------------------------------
 

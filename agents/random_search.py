@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 import gymnasium
+import numpy as np
 
-from agents.base import EpisodeReport, SearchAgent
+from agents.base import EpisodeReport, Rollout, SearchAgent
 
 
 class RandomSearchAgent(SearchAgent):
@@ -28,3 +29,13 @@ class RandomSearchAgent(SearchAgent):
         rollout = self.rollout(lambda obs: float(self.rng.uniform(-1.0, 1.0)))
         self.episodes_done += 1
         return self.report(rollout, "random", started)
+
+    def batch_action(self, episode: int, obs: np.ndarray) -> float:
+        return float(self.rng.uniform(-1.0, 1.0))
+
+    def finish_batch(self, rollouts: list[Rollout]) -> list[EpisodeReport]:
+        started, reports = time.perf_counter(), []
+        for rollout in rollouts:
+            self.episodes_done += 1
+            reports.append(self.report(rollout, "random", started))
+        return reports

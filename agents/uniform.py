@@ -6,8 +6,10 @@ import time
 from collections.abc import Callable
 
 import gymnasium
+import numpy as np
+from stable_baselines3.common.vec_env import VecEnv
 
-from agents.base import EpisodeReport, SearchAgent, ratio_bounds, ratio_to_action
+from agents.base import EpisodeReport, Rollout, SearchAgent, ratio_bounds, ratio_to_action
 
 
 class UniformAgent(SearchAgent):
@@ -35,10 +37,29 @@ class UniformAgent(SearchAgent):
 
     def run(self, episodes: int, on_episode: Callable[[EpisodeReport], None] | None = None) -> None:
         """Play the one uniform episode (unless already played), then set ``episodes_done = episodes``."""
+        self._play_once(episodes, on_episode, self.play_episode)
+
+    def run_batched(self, vec_env: VecEnv, episodes: int,
+                    on_episode: Callable[[EpisodeReport], None] | None = None) -> None:
+        """:meth:`run` on ``vec_env``'s first environment (the one episode there is to play)."""
+        self._play_once(episodes, on_episode, lambda: self.play_batch(vec_env, 1)[0])
+
+    def batch_action(self, episode: int, obs: np.ndarray) -> float:
+        return self.action
+
+    def finish_batch(self, rollouts: list[Rollout]) -> list[EpisodeReport]:
+        started, reports = time.perf_counter(), []
+        for rollout in rollouts:
+            self.episodes_done += 1
+            reports.append(self.report(rollout, "uniform", started, {"uniform_action": self.action}))
+        return reports
+
+    def _play_once(self, episodes: int, on_episode: Callable[[EpisodeReport], None] | None,
+                   play: Callable[[], EpisodeReport]) -> None:
         if episodes < self.episodes_done:
             super().run(episodes)  # the common one-line error
         if self.episodes_done == 0 and episodes > 0:
-            report = self.play_episode()
+            report = play()
             self.episodes_done = episodes  # before on_episode: a checkpoint saved there is a finished search
             if on_episode is not None:
                 on_episode(report)

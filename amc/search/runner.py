@@ -112,6 +112,7 @@ class SearchSettings:
     final_latency_rounds: int
     export_model: bool
     progress: bool
+    workers: int = 1
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "SearchSettings":
@@ -133,42 +134,48 @@ class SearchSettings:
         if not 0.0 < fraction <= 1.0:
             raise ConfigError(f"budget.{metric} is the fraction of the unpruned model's {metric} to keep, "
                               f"in (0, 1]; got {fraction}")
+        workers = cfg.get("workers", 1)  # absent in the configs of runs started before the knob: one worker
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"workers must be a whole number >= 1 (environments evaluating in parallel), "
+                              f"got {workers!r}")
         final = cfg.final
         return cls(episodes=episodes, seed=seed, img_size=img_size, ratio_bounds=(lo, hi), budget_metric=metric,
                    budget_fraction=fraction,
                    checkpoint_every=config_number(cfg, "checkpoint_every", int, 1),
                    final_latency_runs=config_number(final, "latency_runs", int, 0, prefix="final."),
                    final_latency_rounds=config_number(final, "latency_rounds", int, 1, prefix="final."),
-                   export_model=bool(final.export_model), progress=bool(cfg.get("progress", True)))
+                   export_model=bool(final.export_model), progress=bool(cfg.get("progress", True)),
+                   workers=workers)
 
 
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
-# ---------------------------------------------------------------------------------------------- runner
-class SearchRunner:
-    """One search in one run directory (new or resumed).
+# ---------------------------------------------------------------------------------------------- environment
+class SearchSetup:
+    """Model, pruning space, evaluator and environment of a search, built from its config.
+
+    The runner builds one; with ``workers > 1`` every worker process of :mod:`amc.search.parallel` builds its
+    own from the same config (its own model copy and evaluator), seeded alike, so an episode's outcome does not
+    depend on which process evaluated it.
 
     Args:
-        cfg: the composed ``conf/search.yaml`` (for a resume: the run's own config, see :func:`load_resume_config`).
-        run_dir: where everything is written.
+        cfg: the composed ``conf/search.yaml``.
+        run_dir: the run directory (a latency table is read from, or written to, it).
+        worker: ``(rank, workers)`` in a worker process: no console notes, and ``device.threads: 0`` means the
+            machine's cores divided among the workers; ``cuda`` spreads the workers over the visible GPUs.
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
-        self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.resuming = bool(cfg.get("resume"))
+    def __init__(self, cfg: DictConfig, run_dir: Path, worker: tuple[int, int] | None = None) -> None:
+        self.cfg, self.run_dir, self.worker = cfg, Path(run_dir), worker
         self.settings = SearchSettings.from_config(cfg)
-        check_writable(self.run_dir)
-        if not self.resuming and (self.run_dir / CONFIG_FILE).exists():
-            raise ConfigError(f"{self.run_dir} already holds a search: continue it with resume={self.run_dir} "
-                              f"or choose another hydra.run.dir")
-        self.state = SearchState()
-        self._build()
 
-    # ------------------------------------------------------------------ building
-    def _build(self) -> None:
-        from agents import SearchAgent, agent_from_config
+    def _note(self, message: str) -> None:
+        if self.worker is None:  # N workers printing the same set-up lines would only repeat the main process
+            console.print(message)
+
+    def _build_env(self) -> None:
         from amc.pruning.criteria import make_criterion
         from amc.pruning.space import PruningSpace
         from amc.reward.functions import reward_from_config
@@ -200,25 +207,21 @@ class SearchRunner:
         self.env = PruningEnv(self.space, self.evaluate, reward, self.budget, ratio_bounds=s.ratio_bounds,
                               latency_table=self.latency_table)
         self.env.reset(seed=s.seed)
-        checkpoint = complete_dir(self.run_dir / CHECKPOINT_DIR) if self.resuming else None
-        if checkpoint is not None:
-            self.agent = SearchAgent.load(checkpoint / "agent", self.env)
-            self.state = SearchState.from_dict(json.loads((checkpoint / "state.json").read_text()))
-            self._adopt_exported_best()
-        else:
-            self.agent = agent_from_config(_plain(cfg.agent), self.env, s.seed)
-        if not self.resuming:
-            atomic_write_text(self.run_dir / CONFIG_FILE, yaml.safe_dump(
-                {RUN_MARKER: 1, "config": _plain(cfg)}, sort_keys=False))
 
     def _device(self) -> torch.device:
         from amc.device import select_device
 
         d = self.cfg.device
         threads = config_number(d, "threads", int, 0, prefix="device.")
+        name = str(d.name)
+        if self.worker is not None:
+            from amc.search.parallel import worker_device, worker_threads
+
+            threads = worker_threads(threads, self.worker[1])
+            name = worker_device(name, self.worker[0])
         if threads:
             torch.set_num_threads(threads)
-        return select_device(str(d.name))
+        return select_device(name)
 
     def _latency_table(self):  # noqa: ANN202
         from amc.eval.latency_table import LatencyTable
@@ -226,7 +229,7 @@ class SearchRunner:
         b = self.cfg.budget
         path = Path(str(b.table)) if b.get("table") else self.run_dir / "latency_table.json"
         threads = int(self.cfg.device.threads) or None
-        console.print(f"latency lookup table: {path} ({self.cfg.device.latency_backend})")
+        self._note(f"latency lookup table: {path} ({self.cfg.device.latency_backend})")
         return LatencyTable.load_or_build(path, self.model, self.space, backend=str(self.cfg.device.latency_backend),
                                           threads=threads, device=self.device, grid=int(b.get("grid", 4)),
                                           runs=int(b.get("runs", 8)))
@@ -265,10 +268,53 @@ class SearchRunner:
             from amc.data.datasets import cache_dir
 
             cache = str(cache_dir())
-        console.print(f"preparing the proxy evaluator: {settings.val_images} val images at {settings.img_size} px, "
-                      f"{settings.bn_batches}x{settings.bn_batch_size} BN images, on {self.device}")
+        self._note(f"preparing the proxy evaluator: {settings.val_images} val images at {settings.img_size} px, "
+                   f"{settings.bn_batches}x{settings.bn_batch_size} BN images, on {self.device}")
         proxy = ProxyEvaluator(self.model, self.space, val, train, settings, self.device, cache_dir=cache)
         return ProxyPolicyEvaluator(self.space, proxy, criterion, self.latency_table)
+
+
+# ---------------------------------------------------------------------------------------------- runner
+class SearchRunner(SearchSetup):
+    """One search in one run directory (new or resumed).
+
+    With ``workers: N > 1`` the episodes run N at a time in N worker processes (:mod:`amc.search.parallel`),
+    started by :meth:`run`; the model and evaluator built here then serve the final comparison and export.
+
+    Args:
+        cfg: the composed ``conf/search.yaml`` (for a resume: the run's own config, see :func:`load_resume_config`).
+        run_dir: where everything is written.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        started = time.perf_counter()
+        super().__init__(cfg, run_dir)
+        self.resuming = bool(cfg.get("resume"))
+        check_writable(self.run_dir)
+        if not self.resuming and (self.run_dir / CONFIG_FILE).exists():
+            raise ConfigError(f"{self.run_dir} already holds a search: continue it with resume={self.run_dir} "
+                              f"or choose another hydra.run.dir")
+        self.state = SearchState()
+        self._build()
+        self.setup_s = time.perf_counter() - started
+        self.workers_setup_s = 0.0
+
+    # ------------------------------------------------------------------ building
+    def _build(self) -> None:
+        from agents import SearchAgent, agent_from_config
+
+        self._build_env()
+        cfg, s = self.cfg, self.settings
+        checkpoint = complete_dir(self.run_dir / CHECKPOINT_DIR) if self.resuming else None
+        if checkpoint is not None:
+            self.agent = SearchAgent.load(checkpoint / "agent", self.env)
+            self.state = SearchState.from_dict(json.loads((checkpoint / "state.json").read_text()))
+            self._adopt_exported_best()
+        else:
+            self.agent = agent_from_config(_plain(cfg.agent), self.env, s.seed)
+        if not self.resuming:
+            atomic_write_text(self.run_dir / CONFIG_FILE, yaml.safe_dump(
+                {RUN_MARKER: 1, "config": _plain(cfg)}, sort_keys=False))
 
     # ------------------------------------------------------------------ the episodes
     def run(self) -> dict[str, Any]:
@@ -285,15 +331,30 @@ class SearchRunner:
         progress = Progress(TextColumn("episodes"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("best reward {task.fields[best]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                             console=console, disable=not s.progress)
-        self._started = time.perf_counter() - self.state.search_s
+        self._checkpointed = first
+        vec_env = None
         try:
+            if s.workers > 1 and first < s.episodes:
+                from amc.search.parallel import make_search_vec_env
+
+                console.print(f"starting {s.workers} worker processes (one model copy and evaluator each)")
+                started = time.perf_counter()
+                vec_env = make_search_vec_env(self.cfg, self.run_dir, s.workers)
+                self.workers_setup_s = time.perf_counter() - started
+            # the search time counts the episodes only, not the one-off set-up of the workers
+            self._started = time.perf_counter() - self.state.search_s
             with progress:
                 self._task = progress.add_task("search", total=s.episodes, completed=first, best=self._best_text())
                 self._progress = progress
-                self.agent.run(s.episodes, on_episode=self._on_episode)
+                if vec_env is None:
+                    self.agent.run(s.episodes, on_episode=self._on_episode)
+                else:
+                    self.agent.run_batched(vec_env, s.episodes, on_episode=self._on_episode)
             self._checkpoint(force=True)
             return self._finish()
         finally:
+            if vec_env is not None:
+                vec_env.close()
             self.log.close()
             close = getattr(self.evaluate, "close", None)
             if close is not None:
@@ -322,7 +383,10 @@ class SearchRunner:
         self.log.episode(record, dict(report.metrics))
         st.episodes_done = int(report.episode) + 1
         st.search_s = time.perf_counter() - self._started
-        self._checkpoint()
+        # mid-batch the agent has already learned from the batch's later episodes: only its last report is a
+        # state a resumed run continues exactly from
+        if getattr(report, "last_in_batch", True):
+            self._checkpoint()
         self._progress.update(self._task, completed=st.episodes_done, best=self._best_text())
 
     def _write_best_policy(self) -> None:
@@ -355,8 +419,12 @@ class SearchRunner:
 
     def _checkpoint(self, force: bool = False) -> None:
         """Agent and search state, replaced as a whole (a kill leaves the previous complete checkpoint)."""
-        if not force and self.state.episodes_done % self.settings.checkpoint_every:
+        every = self.settings.checkpoint_every
+        # every `every` episodes; with batches, at the first batch end at or past each multiple (in the serial
+        # loop, exactly at the multiples)
+        if not force and self.state.episodes_done // every <= self._checkpointed // every:
             return
+        self._checkpointed = self.state.episodes_done
         self.log.flush()
         with atomic_dir(self.run_dir / CHECKPOINT_DIR) as tmp:
             self.agent.save(tmp / "agent")
@@ -411,6 +479,7 @@ class SearchRunner:
             "latency_ratio_estimated": (best_fig.latency_ms / best_fig.full_latency_ms
                                         if best_fig.latency_ms is not None else None),
             "episodes": st.episodes_done, "penalized_episodes": st.penalized, "search_s": st.search_s,
+            "workers": s.workers, "setup_s": self.setup_s, "workers_setup_s": self.workers_setup_s,
             "budget": {s.budget_metric: s.budget_fraction}, "agent": str(self.cfg.agent.name),
             "reward": str(self.cfg.reward.name), "evaluator": str(self.cfg.evaluator.name), "seed": s.seed,
             "units": len(self.space), "img_size": list(s.img_size), "model": self.source, "device": str(self.device),
