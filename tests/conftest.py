@@ -122,3 +122,23 @@ def mini_model(nc: int = 3, seed: int = 0):
 
     torch.manual_seed(seed)
     return YOLOv7(parse_cfg(mini_cfg(), nc=nc))
+
+
+class Interrupt(Exception):
+    """Raised by :class:`StopAtEpoch`: stands for a run killed at an epoch boundary."""
+
+
+def stop_at_epoch_set():  # noqa: ANN201 (keeps amc's data module out of conftest's imports)
+    """A TrainSet subclass that simulates a killed run when its ``stop_at`` epoch starts (None: never)."""
+    from amc.data.loaders import TrainSet
+
+    class StopAtEpoch(TrainSet):
+        stop_at: int | None = None
+
+        def set_epoch(self, epoch: int) -> None:
+            if epoch == self.stop_at:
+                raise Interrupt
+            super().set_epoch(epoch)
+
+    return StopAtEpoch
+

@@ -14,7 +14,7 @@ from amc.models.io import load_model, packaged
 from amc.pruning.depgraph import (build_dependency_graph, group_members, head_output_convs, root_conv,
                                   unit_groups)
 from amc.pruning.space import PruningSpace
-from tests.conftest import mini_cfg
+from conftest import mini_cfg
 
 Members = dict[tuple[str, str], set[int]]
 

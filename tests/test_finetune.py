@@ -23,7 +23,7 @@ from amc.train.distill import (DistillationLoss, FeatureAdapters, check_teacher,
                                feature_distillation, feature_layers, output_distillation)
 from amc.train.loss import YOLOv7Loss, scale_hyp
 from amc.train.trainer import Trainer, TrainConfig
-from conftest import mini_model
+from conftest import Interrupt, mini_model, stop_at_epoch_set
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 96  # the tiny demo's images
@@ -150,17 +150,7 @@ def test_bad_teacher_and_layers_are_refused(models) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ resume
-class Interrupt(Exception):
-    pass
-
-
-class StopAtEpoch(TrainSet):
-    stop_at: int | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch == self.stop_at:
-            raise Interrupt
-        super().set_epoch(epoch)
+StopAtEpoch = stop_at_epoch_set()
 
 
 def _kd_trainer(models, train, save_dir, resume=False, stop_at=None):

@@ -12,7 +12,7 @@ from amc.pruning.masks import ChannelMasks
 from amc.pruning.physical import prune_model
 from amc.pruning.selection import ChannelSelection, top_channels
 from amc.pruning.space import ChannelRounding, PruningSpace
-from tests.conftest import mini_cfg, randomize_
+from conftest import mini_cfg, randomize_
 
 
 def random_selection(space: PruningSpace, seed: int, high: float = 0.8) -> ChannelSelection:

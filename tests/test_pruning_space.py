@@ -10,7 +10,7 @@ from amc.errors import ConfigError
 from amc.models import YOLOv7, count_architecture, load_cfg, official_cfg_names, parse_cfg
 from amc.models.io import packaged
 from amc.pruning.space import ChannelRounding, PruningSpace
-from tests.conftest import mini_cfg
+from conftest import mini_cfg
 
 # Unit counts equal the number of Torch-Pruning DepGraph groups (tests/test_depgraph.py checks the partition).
 EXPECTED_UNITS = {

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from amc.data.loaders import EvalSet, TrainSet
+from amc.data.loaders import EvalSet
 from amc.eval.evaluator import DetectionEvaluator
 from amc.models import load_model
 from amc.train.loss import YOLOv7Loss, scale_hyp
 from amc.train.trainer import STATE_FILE, Trainer, TrainConfig, parameter_groups
-from conftest import mini_model
+from conftest import Interrupt, mini_model, stop_at_epoch_set
 
 HYP = {"lr0": 0.01, "lrf": 0.1, "momentum": 0.937, "weight_decay": 0.0005, "warmup_epochs": 1.0,
        "warmup_momentum": 0.8, "warmup_bias_lr": 0.1, "box": 0.05, "cls": 0.5, "cls_pw": 1.0, "obj": 1.0,
@@ -18,19 +18,7 @@ HYP = {"lr0": 0.01, "lrf": 0.1, "momentum": 0.937, "weight_decay": 0.0005, "warm
        "translate": 0.1, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0}
 
 
-class Interrupt(Exception):
-    pass
-
-
-class StopAtEpoch(TrainSet):
-    """A TrainSet that simulates a killed run when the given epoch starts."""
-
-    stop_at: int | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch == self.stop_at:
-            raise Interrupt
-        super().set_epoch(epoch)
+StopAtEpoch = stop_at_epoch_set()
 
 
 def _trainer(train, val, save_dir, epochs=2, resume=False, stop_at=None):

@@ -137,20 +137,25 @@ def main(cfg: DictConfig) -> dict:
     verify_set = EvalSet(val.subset(s["verify_images"], s["seed"]), s["img_size"], s["verify_batch"], stride,
                          progress=False)
     batches = [b.images.float() / 255.0 for b in verify_set]
-    diff = compare_predictions(reference, fp32, batches)
+    # The check is against PyTorch's exact (float64) predictions: against PyTorch float32 the difference would
+    # add PyTorch's own rounding, which alone reaches ~1e-3 on large boxes. Both figures are reported.
+    diff = compare_predictions(copy.deepcopy(reference).double(), fp32, batches)
+    diff_fp32 = compare_predictions(reference, fp32, batches)
+    noise = fp32_noise(reference, batches)
     shapes = sorted({tuple(x.shape) for x in batches})
     console.print(f"ONNX Runtime vs PyTorch on {verify_set.num_images} images of {val.source} "
-                  f"(batches {', '.join('x'.join(map(str, sh)) for sh in shapes)}): max abs diff {diff:.3g}")
+                  f"(batches {', '.join('x'.join(map(str, sh)) for sh in shapes)}): max abs diff {diff:.3g} "
+                  f"(vs PyTorch float32: {diff_fp32:.3g}; PyTorch float32 vs float64: {noise:.3g})")
     if diff > s["tolerance"]:
-        noise = fp32_noise(reference, batches)
         raise ExportError(f"ONNX Runtime and PyTorch differ by up to {diff:.3g} on the decoded predictions, over "
                           f"verify.tolerance={s['tolerance']:g} (PyTorch's own float32 rounding on these images: "
                           f"{noise:.3g}; raise verify.tolerance if the difference is of that order)")
     metrics: dict[str, Any] = {
         "model": source, "data": val.source, "img_size": s["img_size"], "opset": s["opset"], "fused": s["fuse"],
         "onnxruntime": onnxruntime.__version__, "inputs": {"images": ["batch", 3, "height", "width"]},
-        "max_abs_diff": diff, "verify": {"images": verify_set.num_images, "tolerance": s["tolerance"],
-                                         "batch_shapes": [list(sh) for sh in shapes]},
+        "max_abs_diff": diff, "max_abs_diff_vs_fp32": diff_fp32, "pytorch_fp32_error": noise,
+        "verify": {"images": verify_set.num_images, "tolerance": s["tolerance"], "reference": "pytorch-float64",
+                   "batch_shapes": [list(sh) for sh in shapes]},
         "nms": None, "files": {"fp32": "model.onnx"},
     }
 
