@@ -233,8 +233,12 @@ def _sync(device: torch.device) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _finetune(pruned, train_set, hyp: dict[str, Any], f: DictConfig, seed: int, device: torch.device):  # noqa: ANN001, ANN202
-    """A copy of ``pruned`` after ``f.epochs`` of training (the EMA weights if ``f.ema``)."""
+def finetune_pruned(pruned, train_set, hyp: dict[str, Any], f: DictConfig, seed: int, device: torch.device):  # noqa: ANN001, ANN201
+    """A copy of ``pruned`` after ``f.epochs`` of training (the EMA weights if ``f.ema``); ``pruned`` is untouched.
+
+    The short fine-tune of the benches (``bench=fidelity``, ``bench=compare``): ``f`` holds ``epochs``,
+    ``batch_size``, ``nominal_batch_size``, ``warmup_min_iters``, ``workers``, ``ota`` and ``ema``.
+    """
     from amc.train.loss import YOLOv7Loss, scale_hyp
     from amc.train.trainer import TrainConfig, Trainer
 
@@ -249,6 +253,9 @@ def _finetune(pruned, train_set, hyp: dict[str, Any], f: DictConfig, seed: int, 
         trainer.fit()
         trained = trainer.ema.ema if bool(f.ema) else trainer.model
     return trained.eval()
+
+
+_finetune = finetune_pruned  # the name this helper had before bench=compare shared it
 
 
 def fidelity_bench(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:

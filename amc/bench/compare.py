@@ -1,0 +1,684 @@
+"""``amc-bench bench=compare``: the search against the baselines at equal budgets (issue 11, item 1).
+
+For every budget x method x seed (a *cell*) the bench finds a policy and scores it three ways:
+
+* **policy**: ``ddpg`` and ``random`` run the search ``amc-search`` runs (``conf/search.yaml`` composed with the
+  bench's overrides, :class:`~amc.search.runner.SearchRunner` in ``cells/<budget>/<method>/seed<k>/search``) and
+  keep its best policy; ``uniform`` (:func:`~amc.pruning.baselines.uniform_policy`, channels by the search's
+  criterion) and ``global_magnitude`` (:func:`~amc.pruning.baselines.global_magnitude_policy`, channels by its own
+  global ranking) are computed;
+* **proxy mAP**: the search's own evaluator, built from the same config (a search reports its best episode's);
+* **full-val mAP**: the physically pruned model after adaptive BN on the val split, amc-eval's protocol
+  (:class:`~amc.eval.evaluator.DetectionEvaluator`, COCOeval, official NMS settings);
+* **fine-tuned mAP**: the same model after the same short fine-tune for every method
+  (:func:`amc.reward.benchmarks.finetune_pruned`, seeded by the cell's seed), scored like the full-val mAP.
+
+Each cell is written atomically to ``cells/<budget>/<method>/seed<k>.json`` as soon as it is done; a rerun in the
+same directory (``bench.resume=<dir>`` or the same ``hydra.run.dir``) reads finished cells back and resumes an
+interrupted search from its checkpoint. At the end: means and sample standard deviations over seeds, a terminal
+table, ``results.md``, ``results.json`` and two plots (``map_vs_flops.svg``, ``reward_curves.svg``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from amc.atomic import atomic_write_json, atomic_write_text
+from amc.cli.app import config_number, console, print_table
+from amc.errors import AmcError, ConfigError
+
+METHODS = ("ddpg", "random", "uniform", "global_magnitude")
+"""Every method the bench knows, in table order."""
+SEARCH_METHODS = ("ddpg", "random")
+"""The methods that run a search (the others compute one policy)."""
+METRICS = ("map_proxy", "map_full", "map_finetuned")
+"""The mAPs@0.5:0.95 reported per cell; each gets a mean and a ``_std`` over seeds."""
+CELLS_DIR = "cells"
+
+
+# ---------------------------------------------------------------------------------------------- budgets
+@dataclass(frozen=True)
+class CompareBudget:
+    """One budget of the bench.
+
+    Attributes:
+        metric: ``flops`` or ``latency`` (what the searches' environment keeps within the budget).
+        fraction: the share of the unpruned model's metric a policy may keep.
+    """
+
+    metric: str
+    fraction: float
+
+    @property
+    def key(self) -> str:
+        """Its key in ``results.json``: ``"0.5"`` for a FLOPs budget, ``"latency:0.5"`` for a latency one."""
+        return f"{self.fraction:g}" if self.metric == "flops" else f"{self.metric}:{self.fraction:g}"
+
+    @property
+    def dirname(self) -> str:
+        """Its folder under ``cells/`` (no colon: portable file names)."""
+        return f"{self.metric}-{self.fraction:g}"
+
+
+def parse_budgets(b: DictConfig) -> list[CompareBudget]:
+    """``bench.budgets`` (FLOPs) and ``bench.latency_budgets`` as :class:`CompareBudget` objects, checked.
+
+    Raises:
+        ConfigError: not numbers in (0, 1], repeated, or none at all.
+    """
+    budgets = []
+    for name, metric in (("budgets", "flops"), ("latency_budgets", "latency")):
+        values = b.get(name) or []
+        if not OmegaConf.is_list(values) and not isinstance(values, (list, tuple)):
+            raise ConfigError(f"bench.{name} must be a list of fractions, got {values!r}")
+        for v in values:
+            try:
+                fraction = float(v)
+            except (TypeError, ValueError):
+                fraction = float("nan")
+            if isinstance(v, bool) or not 0.0 < fraction <= 1.0:
+                raise ConfigError(f"bench.{name}: a budget is the fraction of the unpruned model's {metric} to "
+                                  f"keep, in (0, 1]; got {v!r}")
+            budgets.append(CompareBudget(metric, fraction))
+    if not budgets:
+        raise ConfigError("bench.budgets and bench.latency_budgets are both empty: nothing to compare")
+    if len({x.key for x in budgets}) != len(budgets):
+        raise ConfigError(f"bench.budgets: each budget once, got {[x.key for x in budgets]}")
+    return budgets
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1) of ``values``.
+
+    ``None`` entries (a skipped fine-tune) make both ``None``: a mean of what was not measured is not reported.
+    The std is ``None`` below two values (one seed has no spread to measure).
+    """
+    if not values or any(v is None for v in values):
+        return None, None
+    floats = [float(v) for v in values]  # type: ignore[arg-type]
+    return statistics.fmean(floats), (statistics.stdev(floats) if len(floats) >= 2 else None)
+
+
+def best_so_far(maps: Sequence[float | None]) -> list[float | None]:
+    """The running maximum of per-episode proxy mAPs (``None``: a penalized episode, which counts for nothing)."""
+    out: list[float | None] = []
+    best: float | None = None
+    for m in maps:
+        if m is not None and math.isfinite(m) and (best is None or m > best):
+            best = float(m)
+        out.append(best)
+    return out
+
+
+def episodes_to_95(maps: Sequence[float | None], fraction: float = 0.95) -> int | None:
+    """The first episode (1-based) whose best-so-far proxy mAP reaches ``fraction`` of the run's final best.
+
+    ``None`` when no episode scored.
+    """
+    curve = best_so_far(maps)
+    final = curve[-1] if curve else None
+    if final is None:
+        return None
+    target = fraction * final
+    return next(i + 1 for i, m in enumerate(curve) if m is not None and m >= target)
+
+
+def summarize(cells: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``budget key -> method -> aggregate`` from the per-seed cell records (ordered by seed).
+
+    Every aggregate holds the means over seeds (``map_proxy``, ``map_full``, ``map_finetuned``, ``flops_ratio``,
+    ``wall_s``, ``episodes_to_95``), the sample stds of the mAPs (``<metric>_std``), the ``seeds`` and the per-seed
+    values (``per_seed``: one record per seed, the same keys). ``episodes_to_95`` is ``None`` for methods without
+    a search.
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for key, methods in cells.items():
+        out[key] = {}
+        for method, records in methods.items():
+            agg: dict[str, Any] = {}
+            for metric in METRICS:
+                agg[metric], agg[f"{metric}_std"] = mean_std([r[metric] for r in records])
+            for name in ("wall_s", "flops_ratio", "episodes_to_95", "latency_ratio"):
+                agg[name] = mean_std([r.get(name) for r in records])[0]
+            agg["seeds"] = [r["seed"] for r in records]
+            agg["per_seed"] = [{k: r.get(k) for k in ("seed", *METRICS, "flops_ratio", "latency_ratio", "wall_s",
+                                                        "episodes_to_95")} for r in records]
+            out[key][method] = agg
+    return out
+
+
+def wins(summary: dict[str, dict[str, dict[str, Any]]], margin: float) -> dict[str, dict[str, Any]]:
+    """Per budget, whether ddpg's mean mAP >= uniform's + ``margin`` and >= random's and global magnitude's.
+
+    Judged on the fine-tuned mAP and on the proxy mAP separately; a comparison whose numbers are missing (a
+    method not run, the fine-tune skipped) is ``None``, and so is ``all`` unless every comparison is known.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for key, methods in summary.items():
+        entry: dict[str, Any] = {"margin": margin}
+        for label, metric in (("finetuned", "map_finetuned"), ("proxy", "map_proxy")):
+            def value(method: str) -> float | None:
+                return methods.get(method, {}).get(metric)
+
+            ddpg = value("ddpg")
+
+            def at_least(other: float | None, plus: float = 0.0) -> bool | None:
+                if ddpg is None or other is None:
+                    return None
+                return bool(ddpg >= other + plus - 1e-12)  # equal means count as a tie won
+
+            checks = {"beats_uniform_by_margin": at_least(value("uniform"), margin),
+                      "beats_random": at_least(value("random")),
+                      "beats_global_magnitude": at_least(value("global_magnitude"))}
+            known = list(checks.values())
+            entry[label] = {"ddpg": ddpg, **checks, "all": None if None in known else all(known)}
+        out[key] = entry
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- configs
+def compose_search(config_name: str, overrides: Sequence[str]) -> DictConfig:
+    """``conf/<config_name>.yaml`` composed with ``overrides`` by Hydra, as the amc-search command line would.
+
+    Inside a running Hydra app (``amc-bench``) Hydra is already initialized on amc's configs; elsewhere (tests,
+    scripts) it is initialized on the ``conf`` package for the call.
+
+    Raises:
+        ConfigError: Hydra refuses an override (one line: Hydra's first).
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        if GlobalHydra.instance().is_initialized():
+            return compose(config_name=config_name, overrides=list(overrides))
+        with initialize_config_module(config_module="conf", version_base="1.3"):
+            return compose(config_name=config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"bench.search: the search config does not compose with {list(overrides)}: {first}") from None
+
+
+def _strings(node: Any, name: str) -> list[str]:
+    values = node if node is not None else []
+    if not OmegaConf.is_list(values) and not isinstance(values, (list, tuple)):
+        raise ConfigError(f"{name} must be a list of overrides like [key=value], got {values!r}")
+    return [str(v) for v in values]
+
+
+def _number(node: Any, key: str, kind: type = int, low: float | None = None, optional: bool = False,
+            prefix: str = "") -> Any:
+    """:func:`amc.cli.app.config_number`, its one-line :class:`AmcError` raised as a :class:`ConfigError`."""
+    try:
+        return config_number(node, key, kind, low, optional=optional, prefix=prefix)
+    except AmcError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _fingerprint(*parts: Any) -> str:
+    """A short hash of JSON-able settings: a resumed cell must come from the same settings."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------- the bench
+class CompareBench:
+    """The comparison in one run directory (new or resumed); :meth:`run` does everything.
+
+    Args:
+        cfg: the ``amc-bench`` config (``cfg.bench`` = ``conf/bench/compare.yaml``, ``cfg.seed`` the first seed).
+        out_dir: the run directory (``bench.resume`` when set, else this).
+
+    Every setting is read and every budget checked against the model in the constructor, before any search.
+    """
+
+    def __init__(self, cfg: DictConfig, out_dir: Path) -> None:
+        b = cfg.bench
+        self.b = b
+        resume = b.get("resume")
+        self.out = Path(str(resume)) if resume not in (None, "") else Path(out_dir)
+        if resume not in (None, "") and not self.out.is_dir():
+            raise ConfigError(f"bench.resume={resume}: no such directory (give the run dir of a bench=compare)")
+        self.budgets = parse_budgets(b)
+        methods = [str(m) for m in (b.get("methods") or [])]
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or not methods or len(set(methods)) != len(methods):
+            raise ConfigError(f"bench.methods must be distinct names among {', '.join(METHODS)}, got {methods}")
+        self.methods = [m for m in METHODS if m in methods]  # table order
+        first_seed = _number(cfg, "seed", int)
+        self.seeds = [first_seed + k for k in range(_number(b, "seeds", int, 1, prefix="bench."))]
+        self.episodes = _number(b, "episodes", int, 1, prefix="bench.")
+        self.margin = _number(b, "wins_margin", float, 0.0, prefix="bench.")
+        self.finetune_epochs = _number(b.finetune, "epochs", int, 0, prefix="bench.finetune.")
+        _number(b.full, "bn_batches", int, 0, prefix="bench.full.")
+        _number(b.full, "val_images", int, 1, optional=True, prefix="bench.full.")
+        _number(b.finetune, "train_images", int, 1, optional=True, prefix="bench.finetune.")
+        s = b.search
+        self.config_name = str(s.get("config") or "search")
+        self.overrides = _strings(s.get("overrides"), "bench.search.overrides")
+        self.agent_overrides = {m: _strings((s.get("agents") or {}).get(m), f"bench.search.agents.{m}")
+                                for m in SEARCH_METHODS}
+        self.latency_runs = _number(s, "latency_runs", int, 0, prefix="bench.search.")
+        self.table_path = self.out / "latency_table.json"
+        self._check()
+
+    # ------------------------------------------------------------------ configs
+    def search_cfg(self, budget: CompareBudget, method: str, seed: int) -> DictConfig:
+        """The composed search config of one cell (for a baseline: the config its evaluator is built from)."""
+        overrides = [f"budget={budget.metric}", f"budget.{budget.metric}={budget.fraction!r}",
+                     f"episodes={self.episodes}", f"seed={seed}", f"final.latency_runs={self.latency_runs}",
+                     f"progress={'true' if bool(self.b.search.get('progress', True)) else 'false'}"]
+        if budget.metric == "latency":  # one table for every latency search (measured once, same device)
+            overrides.append(f"budget.table={self.table_path}")
+        overrides += self.agent_overrides.get(method, [])
+        overrides += self.overrides
+        return compose_search(self.config_name, overrides)
+
+    def _check(self) -> None:
+        """Compose every cell's config and check every budget on the model, before any work.
+
+        Raises:
+            ConfigError: an override that does not compose, a bad search setting, or a budget the model cannot
+                reach with the searches' ratio bounds (one line, naming the budget).
+        """
+        from amc.cli.app import load_model_from_config, rounding_from_config
+        from amc.pruning.space import PruningSpace
+        from amc.search.runner import SearchSettings
+        from envs.budget import Budget, BudgetEnforcer
+
+        self.cfgs: dict[tuple[str, str, int], DictConfig] = {}
+        for budget in self.budgets:
+            for method in self.methods:
+                for seed in self.seeds:
+                    cfg = self.search_cfg(budget, method, seed)
+                    SearchSettings.from_config(cfg)  # a bad search setting fails here, in one line
+                    self.cfgs[(budget.key, method, seed)] = cfg
+        if "ddpg" in self.methods:
+            warmup = self.cfgs[(self.budgets[0].key, "ddpg", self.seeds[0])].agent.get("warmup")
+            if warmup is not None and int(warmup) >= self.episodes:
+                console.print(f"[yellow]warning: the ddpg agent's warm-up ({warmup} episodes) is not shorter than "
+                              f"bench.episodes={self.episodes}: it never learns and is one more random search; set "
+                              f"e.g. bench.search.agents.ddpg='[agent=ddpg-demo,agent.warmup=N]'[/yellow]")
+        cfg0 = next(iter(self.cfgs.values()))
+        self.base_cfg = cfg0
+        settings = SearchSettings.from_config(cfg0)
+        model, _, self.source = load_model_from_config(cfg0.model)
+        self.model = model.eval()
+        self.space = PruningSpace.from_model(self.model, settings.img_size, rounding_from_config(cfg0.pruning))
+        searching = any(m in SEARCH_METHODS for m in self.methods)
+        # the searches cannot go past their action bounds; the baselines only past pruning.max_ratio
+        upper = settings.ratio_bounds[1] if searching else float(self.space.rounding.max_ratio)
+        self.latency_table = self._latency_table(cfg0) if any(x.metric == "latency" for x in self.budgets) else None
+        for budget in self.budgets:
+            try:
+                BudgetEnforcer(self.space, Budget(budget.metric, budget.fraction), self.latency_table,
+                               upper=min(upper, float(self.space.rounding.max_ratio)))
+            except ConfigError as e:
+                raise ConfigError(f"bench budget {budget.key}: {e}") from None
+
+    def _latency_table(self, cfg: DictConfig):  # noqa: ANN202
+        """The latency table every latency search shares, loaded or measured now (the budget check needs it)."""
+        from amc.device import select_device
+        from amc.eval.latency_table import LatencyTable
+
+        lat_cfg = self.cfgs[next(k for k in self.cfgs if k[0].startswith("latency:"))]
+        console.print(f"latency lookup table for the latency budgets: {self.table_path}")
+        return LatencyTable.load_or_build(self.table_path, self.model, self.space,
+                                          backend=str(lat_cfg.device.latency_backend),
+                                          threads=int(lat_cfg.device.threads) or None,
+                                          device=select_device(str(lat_cfg.device.name)),
+                                          grid=int(lat_cfg.budget.get("grid", 4)),
+                                          runs=int(lat_cfg.budget.get("runs", 8)))
+
+    # ------------------------------------------------------------------ evaluation shared by the cells
+    def _prepare_scoring(self) -> None:
+        """The full-val evaluator, its BN batches and the fine-tune training set (built once for every cell)."""
+        from amc.cli.app import load_data_from_config
+        from amc.data.loaders import EvalSet, TrainSet, sample_batches
+        from amc.device import select_device
+        from amc.eval.evaluator import DetectionEvaluator, EvalSettings, check_classes
+
+        cfg, f, ft = self.base_cfg, self.b.full, self.b.finetune
+        threads = int(cfg.device.get("threads") or 0)
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.device = select_device(str(cfg.device.name))
+        self.img_size = int(f.img_size) if f.get("img_size") is not None else int(cfg.data.img_size)
+        val = load_data_from_config(cfg.data, str(cfg.data.split))
+        train = load_data_from_config(cfg.data, str(cfg.data.get("train_split") or "train"))
+        full_set = val.subset(f.get("val_images"), int(self.seeds[0])) if f.get("val_images") else val
+        check_classes(self.model, full_set)
+        stride = max(32, int(self.model.stride.max()))
+        settings = EvalSettings(conf_thres=float(f.conf_thres), iou_thres=float(f.iou_thres), max_det=int(f.max_det),
+                                multi_label=bool(f.multi_label))
+        eval_set = EvalSet(full_set, self.img_size, int(f.batch_size), stride, pad=0.5, progress=False)
+        self.full_evaluator = DetectionEvaluator(full_set, eval_set.to(self.device), settings, self.device)
+        self.full_images = len(full_set)
+        self.bn_batches = [x.to(self.device) for x, _ in sample_batches(
+            train, int(f.bn_batches), int(f.bn_batch_size), self.img_size, seed=int(f.bn_seed),
+            augment=bool(f.bn_augment))] if int(f.bn_batches) > 0 else []
+        self.hyp = _plain(ft.hyp)
+        self.train_set = None
+        if self.finetune_epochs > 0:
+            self.train_set = TrainSet(train.subset(ft.get("train_images"), int(self.seeds[0])), img_size=self.img_size,
+                                      augment=bool(ft.augment), hyp=self.hyp, seed=int(self.seeds[0]))
+
+    def _score(self, pruned, seed: int) -> tuple[float, float | None]:  # noqa: ANN001
+        """Full-val mAP after adaptive BN, and after the short fine-tune (``None`` when it is skipped)."""
+        from amc.reward.benchmarks import finetune_pruned
+        from amc.reward.proxy import recalibrate_batch_norm
+
+        pruned = pruned.to(self.device)
+        if self.bn_batches:
+            recalibrate_batch_norm(pruned, self.bn_batches)
+        full = self.full_evaluator(pruned).map50_95
+        if self.train_set is None:
+            return full, None
+        self.train_set.seed = seed  # the cell's augmentation stream: seed k fine-tunes alike for every method
+        tuned = finetune_pruned(pruned, self.train_set, self.hyp, self.b.finetune, seed, self.device)
+        return full, self.full_evaluator(tuned).map50_95
+
+    def _unpruned(self) -> dict[str, Any]:
+        """Full-val mAP of the unpruned model (as amc-eval scores it), kept in the run dir for resumes."""
+        path = self.out / "unpruned.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        record = {"map_full": self.full_evaluator(self.model.to(self.device)).map50_95, "images": self.full_images}
+        atomic_write_json(path, record)
+        return record
+
+    # ------------------------------------------------------------------ one cell
+    def cell_path(self, budget: CompareBudget, method: str, seed: int) -> Path:
+        """Where a finished cell's record lives."""
+        return self.out / CELLS_DIR / budget.dirname / method / f"seed{seed}.json"
+
+    def _cell_fingerprint(self, cfg: DictConfig) -> str:
+        search = _plain(cfg)
+        search.pop("progress", None)  # a progress bar changes no result: a resume may switch it
+        return _fingerprint(search, _plain(self.b.full), _plain(self.b.finetune))
+
+    def _run_cell(self, budget: CompareBudget, method: str, seed: int) -> dict[str, Any]:
+        cfg = self.cfgs[(budget.key, method, seed)]
+        cell_dir = self.cell_path(budget, method, seed).with_suffix("")
+        if method in SEARCH_METHODS:
+            record, setup, selection = self._search_cell(cfg, cell_dir / "search")
+        else:
+            record, setup, selection = self._baseline_cell(cfg, cell_dir, budget, method)
+        from amc.pruning.physical import prune_model
+
+        space = setup.space
+        record["flops_ratio"] = space.cost(selection.widths).macs / space.full_cost.macs
+        record["latency_ratio"] = (float(self.latency_table.estimate(selection.widths)
+                                         / self.latency_table.estimate(space.full_widths))
+                                   if self.latency_table is not None else None)
+        t0 = time.perf_counter()
+        record["map_full"], record["map_finetuned"] = self._score(prune_model(setup.model, space, selection), seed)
+        record["score_s"] = time.perf_counter() - t0
+        record.update(budget=budget.key, method=method, seed=seed, fingerprint=self._cell_fingerprint(cfg),
+                      kept=[int(w) for w in selection.widths])
+        return record
+
+    def _search_cell(self, cfg: DictConfig, search_dir: Path):  # noqa: ANN202
+        """Run (or resume, or read back) the cell's search; its best policy's channels, as the search exports them."""
+        from amc.search.runner import CONFIG_FILE, SearchRunner, load_resume_config
+
+        if (search_dir / CONFIG_FILE).is_file():  # an interrupted bench: continue the search where it stopped
+            cfg = load_resume_config(search_dir)
+        runner = SearchRunner(cfg, search_dir)
+        results = runner.run()
+        ratios = np.asarray(runner.state.best_ratios, dtype=np.float64)
+        selection = runner.criterion.select(runner.space.kept_channels(ratios))
+        maps = [json.loads(line).get("map50_95") for line in (search_dir / "episodes.jsonl").read_text().splitlines()
+                if line.strip()]
+        record = {"map_proxy": results["best_map_proxy"], "wall_s": results["search_s"],
+                  "setup_s": results.get("setup_s"), "episodes": results["episodes"],
+                  "best_episode": results["best_episode"] + 1, "episodes_to_95": episodes_to_95(maps),
+                  "curve": best_so_far(maps), "ratios": [float(r) for r in ratios], "search_dir": str(search_dir)}
+        return record, runner, selection
+
+    def _baseline_cell(self, cfg: DictConfig, cell_dir: Path, budget: CompareBudget, method: str):  # noqa: ANN202
+        """A baseline's policy, scored by the evaluator the search of the same config would use."""
+        from amc.pruning.baselines import global_magnitude_policy, ratios_for_widths, uniform_policy
+        from amc.pruning.selection import ChannelSelection, top_channels
+        from amc.search.runner import SearchSetup
+
+        setup = SearchSetup(cfg, cell_dir)
+        # the search's own building path (the parallel workers use it too): model, space, criterion, evaluator
+        setup._build_env()
+        try:
+            space = setup.space
+            t0 = time.perf_counter()
+            if method == "uniform":
+                if budget.metric == "flops":
+                    ratios = uniform_policy(space, budget.fraction).ratios
+                else:  # the smallest constant ratio under the latency budget, as the search's environment finds it
+                    ratios = np.full(len(space), setup.env.unwrapped.uniform_ratio())
+                selection = setup.criterion.select(space.kept_channels(ratios))
+            else:
+                if budget.metric == "flops":
+                    found = global_magnitude_policy(setup.model, space, budget.fraction)
+                    kept, scores = found.kept, found.scores
+                else:
+                    scores = global_magnitude_policy(setup.model, space, 1.0).scores
+                    kept = _global_kept_within(space, scores, lambda w: setup.latency_table.estimate(w),
+                                               budget.fraction)
+                ratios = ratios_for_widths(space, np.asarray(kept))
+                # the global ranking removes its lowest-scoring channels: its own scores pick them
+                selection = ChannelSelection(top_channels(scores, kept))
+            wall_s = time.perf_counter() - t0
+            map_proxy = self._proxy_map(setup, ratios, selection)
+        finally:
+            close = getattr(setup.evaluate, "close", None)
+            if close is not None:
+                close()  # the proxy leaves the model as it found it (no masks) for the full-val scoring
+        record = {"map_proxy": map_proxy, "wall_s": wall_s, "episodes_to_95": None, "curve": None,
+                  "ratios": [float(r) for r in ratios]}
+        return record, setup, selection
+
+    @staticmethod
+    def _proxy_map(setup, ratios: np.ndarray, selection) -> float:  # noqa: ANN001
+        """The proxy mAP of a policy with these channels, by the evaluator the search uses."""
+        proxy = getattr(setup.evaluate, "proxy", None)
+        if proxy is not None:  # the proxy evaluator: score exactly these channels
+            return float(proxy(selection).map50_95)
+        return float(setup.evaluate(ratios).map50_95)  # the stub prices widths only
+
+    # ------------------------------------------------------------------ the whole bench
+    def run(self) -> dict[str, Any]:
+        """Every cell (finished ones read back), then the aggregates, tables, plots and ``results.json``."""
+        started = time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        todo = [(b, m, s) for b in self.budgets for m in self.methods for s in self.seeds]
+        done: dict[tuple[str, str, int], dict[str, Any]] = {}
+        for budget, method, seed in todo:
+            path = self.cell_path(budget, method, seed)
+            if path.is_file():
+                record = json.loads(path.read_text())
+                if record.get("fingerprint") != self._cell_fingerprint(self.cfgs[(budget.key, method, seed)]):
+                    raise ConfigError(f"{path} was computed with other settings than this run's: resume with the "
+                                      f"same settings, or choose a new run directory")
+                done[(budget.key, method, seed)] = record
+        console.print(f"bench=compare in {self.out}: {len(self.budgets)} budgets x {len(self.methods)} methods x "
+                      f"{len(self.seeds)} seeds = {len(todo)} cells, {len(done)} already finished")
+        self._prepare_scoring()
+        unpruned = self._unpruned()
+        cell_seconds: list[float] = []
+        for i, (budget, method, seed) in enumerate(todo, 1):
+            label = f"cell {i}/{len(todo)}: budget {budget.key}, {method}, seed {seed}"
+            if (budget.key, method, seed) in done:
+                console.print(f"[dim]{label}: finished earlier, read back[/dim]")
+                continue
+            console.rule(label)
+            t0 = time.perf_counter()
+            record = self._run_cell(budget, method, seed)
+            record["cell_s"] = time.perf_counter() - t0
+            atomic_write_json(self.cell_path(budget, method, seed), record)  # kept before anything else can fail
+            done[(budget.key, method, seed)] = record
+            cell_seconds.append(record["cell_s"])
+            left = sum(1 for c in todo if (c[0].key, c[1], c[2]) not in done)
+            eta = f", about {left * statistics.fmean(cell_seconds) / 60:.0f} min left" if left else ""
+            console.print(f"{label}: proxy {_fmt(record['map_proxy'])}, full {_fmt(record['map_full'])}, fine-tuned "
+                          f"{_fmt(record['map_finetuned'])}, FLOPs {record['flops_ratio']:.1%} in "
+                          f"{record['cell_s']:.0f} s; {len(done)}/{len(todo)} cells done{eta}")
+        cells: dict[str, dict[str, list[dict[str, Any]]]] = {
+            b.key: {m: [done[(b.key, m, s)] for s in self.seeds] for m in self.methods} for b in self.budgets}
+        summary = summarize(cells)
+        results = {"budgets": summary, "wins": wins(summary, self.margin),
+                   "unpruned": unpruned, "settings": self._settings(),
+                   "wall_s": time.perf_counter() - started}
+        self._report(results, cells)
+        return results
+
+    def _settings(self) -> dict[str, Any]:
+        return {"model": self.source, "units": len(self.space), "methods": self.methods, "seeds": self.seeds,
+                "episodes": self.episodes, "budgets": [b.key for b in self.budgets], "wins_margin": self.margin,
+                "search_config": self.config_name, "search_overrides": self.overrides,
+                "agent_overrides": self.agent_overrides, "full": _plain(self.b.full),
+                "full_images": self.full_images, "finetune": _plain(self.b.finetune), "device": str(self.device)}
+
+    # ------------------------------------------------------------------ outputs
+    def _report(self, results: dict[str, Any], cells: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
+        summary = results["budgets"]
+        columns = ["budget", "method", "FLOPs kept", "proxy mAP", "full-val mAP", "fine-tuned mAP", "wall s",
+                   "episodes to 95%"]
+        rows = [[key, method, _fmt(a["flops_ratio"], pct=True), _pm(a["map_proxy"], a["map_proxy_std"]),
+                 _pm(a["map_full"], a["map_full_std"]), _pm(a["map_finetuned"], a["map_finetuned_std"]),
+                 _fmt(a["wall_s"], 1), _fmt(a["episodes_to_95"], 1)]
+                for key, methods in summary.items() for method, a in methods.items()]
+        title = (f"{self.source}: mAP@0.5:0.95, mean ± std over {len(self.seeds)} seeds ({self.episodes} episodes per "
+                 f"search; full val = {self.full_images} images; fine-tune "
+                 f"{self.finetune_epochs or 'skipped'}{' epoch(s)' if self.finetune_epochs else ''})")
+        print_table(title, columns, rows, numeric_from=2)
+        checks = ("beats_uniform_by_margin", "beats_random", "beats_global_magnitude", "all")
+        win_columns = ["budget", "judged on", "ddpg mAP", f">= uniform + {self.margin:g}", ">= random", ">= global",
+                       "all"]
+        win_rows = [[key, label, _fmt(w[field]["ddpg"]), *(_yes(w[field][c]) for c in checks)]
+                    for key, w in results["wins"].items()
+                    for label, field in (("fine-tuned mAP", "finetuned"), ("proxy mAP", "proxy"))]
+        print_table("does ddpg win? (means over seeds)", win_columns, win_rows, numeric_from=2)
+
+        md = [f"# bench=compare: {self.source}", "", title, "", "| " + " | ".join(columns) + " |",
+              "|" + "|".join(["---"] * 2 + ["---:"] * (len(columns) - 2)) + "|"]
+        md += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
+        md += ["", f"Unpruned full-val mAP: {_fmt(results['unpruned']['map_full'])}.", "",
+               "ddpg wins (means over seeds):", "", "| " + " | ".join(win_columns) + " |",
+               "|" + "|".join(["---"] * 2 + ["---:"] * (len(win_columns) - 2)) + "|"]
+        md += ["| " + " | ".join(str(x) for x in row) + " |" for row in win_rows]
+        atomic_write_text(self.out / "results.md", "\n".join(md) + "\n")
+
+        results["plots"] = {"map_vs_flops": str(self._map_vs_flops(cells)),
+                            "reward_curves": str(self._reward_curves(cells))}
+        path = atomic_write_json(self.out / "results.json", results)
+        console.print(f"results written to {path}, {self.out / 'results.md'}; plots {self.out / 'map_vs_flops.svg'}, "
+                      f"{self.out / 'reward_curves.svg'}")
+
+    def _map_vs_flops(self, cells: dict[str, dict[str, list[dict[str, Any]]]]) -> Path:
+        from amc.plots import scatter_svg
+
+        metric = "map_finetuned" if self.finetune_epochs > 0 else "map_full"
+        points = [(m, r["flops_ratio"], r[metric]) for methods in cells.values() for m, recs in methods.items()
+                  for r in recs]
+        x = [p[1] for p in points]
+        # scatter_svg shares one x list between its series: each method's y is NaN (not drawn) at the others' points
+        series = {m: [p[2] if p[0] == m else float("nan") for p in points] for m in self.methods}
+        svg = scatter_svg(x, series, title=f"{'fine-tuned' if self.finetune_epochs else 'full-val'} mAP@0.5:0.95 vs "
+                                           f"FLOPs kept, one point per seed",
+                          x_label="FLOPs kept (fraction of the unpruned model)", y_label="mAP@0.5:0.95")
+        return atomic_write_text(self.out / "map_vs_flops.svg", svg)
+
+    def _reward_curves(self, cells: dict[str, dict[str, list[dict[str, Any]]]]) -> Path:
+        from amc.plots import line_svg
+
+        series = {}
+        for key, methods in cells.items():
+            for method in SEARCH_METHODS:
+                curves = [r["curve"] for r in methods.get(method, []) if r.get("curve")]
+                if not curves:
+                    continue
+                n = min(len(c) for c in curves)
+                mean = [statistics.fmean(c[i] for c in curves) if all(c[i] is not None for c in curves)
+                        else float("nan") for i in range(n)]
+                series[f"{method} @ {key}"] = (list(range(1, n + 1)), mean)
+        svg = line_svg(series, title=f"best-so-far proxy mAP@0.5:0.95 per episode, mean over {len(self.seeds)} seeds",
+                       x_label="episode", y_label="best proxy mAP so far")
+        return atomic_write_text(self.out / "reward_curves.svg", svg)
+
+
+def _global_kept_within(space, scores: Sequence[Any], cost, fraction: float) -> np.ndarray:  # noqa: ANN001
+    """Kept widths of the global magnitude ranking at the lowest threshold whose ``cost(widths)`` fits the budget.
+
+    The FLOPs version is :func:`~amc.pruning.baselines.global_magnitude_policy`; this one thresholds the same
+    scores against another cost (a latency table's estimate), by bisection over the sorted scores.
+    """
+    per_unit = [np.sort(s.double().numpy()) for s in scores]
+    thresholds = np.unique(np.concatenate(per_unit))
+    limit = fraction * cost(space.full_widths)
+    min_widths = space.min_widths
+
+    def kept_at(k: int) -> np.ndarray:
+        raw = (space.full_widths if k < 0 else
+               np.array([len(s) - np.searchsorted(s, thresholds[k], side="right") for s in per_unit], dtype=np.int64))
+        return np.maximum(space.round_widths(raw), min_widths)
+
+    lo, hi = -1, len(thresholds) - 1
+    if cost(kept_at(lo)) <= limit:
+        return kept_at(lo)
+    if cost(kept_at(hi)) > limit:
+        raise ConfigError(f"latency budget {fraction:g} is out of reach of the global magnitude ranking")
+    while hi - lo > 1:  # invariant: kept_at(lo) over the budget, kept_at(hi) within it
+        mid = (lo + hi) // 2
+        if cost(kept_at(mid)) <= limit:
+            hi = mid
+        else:
+            lo = mid
+    return kept_at(hi)
+
+
+def _fmt(value: float | None, digits: int = 3, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1%}" if pct else f"{value:.{digits}f}"
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+
+
+def _yes(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
+def compare_bench(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run ``bench=compare`` (see the module docstring) and return ``results.json``'s content.
+
+    Args:
+        cfg: the ``amc-bench`` config (``cfg.bench`` = ``conf/bench/compare.yaml``, ``cfg.seed`` the first seed).
+        out_dir: the run directory (default: ``bench.resume`` if set, else the Hydra run directory).
+    """
+    if out_dir is None and cfg.bench.get("resume") in (None, ""):
+        from amc.cli.app import run_dir
+
+        out_dir = run_dir()
+    return CompareBench(cfg, Path(out_dir) if out_dir is not None else Path(str(cfg.bench.resume))).run()

@@ -1,0 +1,181 @@
+"""``amc-bench bench=compare`` (amc/bench/compare.py) on the stub evaluator with tiny settings: the exact shape of
+results.json, means and stds from the per-seed values, resuming a partial run without redoing finished cells,
+baselines within the budget, and one-line errors before any work. The real run is ``amc-bench bench=compare``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from amc.bench import compare
+from amc.bench.compare import CompareBench, compare_bench, episodes_to_95, mean_std, wins
+from amc.errors import ConfigError
+
+METHODS = ["ddpg", "random", "uniform", "global_magnitude"]
+KEYS = {"map_proxy", "map_full", "map_finetuned", "map_proxy_std", "map_full_std", "map_finetuned_std", "wall_s",
+        "episodes_to_95", "flops_ratio", "latency_ratio", "seeds", "per_seed"}
+
+
+def tiny_cfg(*overrides: str, finetune: int = 0):
+    """bench=compare on the stub evaluator: 4-episode searches, 2 seeds, 8 full-val images, fine-tune skipped."""
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = compose("bench", overrides=[
+            "bench=compare", "bench.budgets=[0.7]", "bench.seeds=2", "bench.episodes=4", "bench.search.progress=false",
+            "bench.full.val_images=8", "bench.full.bn_batches=1", "bench.full.bn_batch_size=4",
+            f"bench.finetune.epochs={finetune}", "bench.finetune.train_images=4", "bench.finetune.batch_size=4",
+            "bench.finetune.nominal_batch_size=4", *overrides])
+    # list values holding '=' are simpler to set here than to quote on a command line
+    OmegaConf.update(cfg, "bench.search.overrides", ["evaluator=stub"])
+    OmegaConf.update(cfg, "bench.search.agents.ddpg", ["agent=ddpg-demo", "agent.warmup=2"])
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("compare")
+    return out, compare_bench(tiny_cfg(), out)
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def test_mean_std_and_episodes_to_95():
+    assert mean_std([0.2, 0.4]) == (pytest.approx(0.3), pytest.approx(statistics.stdev([0.2, 0.4])))
+    assert mean_std([0.5]) == (0.5, None)  # one seed: no spread to report
+    assert mean_std([0.5, None]) == (None, None)  # never a mean of what was not measured
+    # best so far 0.1, 0.1, 0.5, 0.5, 0.6: 95% of 0.6 = 0.57 first reached at episode 5; penalized (None) skipped
+    assert episodes_to_95([0.1, None, 0.5, 0.2, 0.6]) == 5
+    assert episodes_to_95([0.58, 0.6, 0.1]) == 1
+    assert episodes_to_95([None, None]) is None
+
+
+def test_wins_margin_and_missing_values():
+    summary = {"0.5": {"ddpg": {"map_finetuned": 0.40, "map_proxy": 0.30},
+                       "random": {"map_finetuned": 0.39, "map_proxy": 0.31},
+                       "uniform": {"map_finetuned": 0.38, "map_proxy": 0.25},
+                       "global_magnitude": {"map_finetuned": 0.40, "map_proxy": None}}}
+    w = wins(summary, 0.02)["0.5"]
+    assert w["finetuned"]["beats_uniform_by_margin"] and w["finetuned"]["beats_random"]
+    assert w["finetuned"]["beats_global_magnitude"] and w["finetuned"]["all"]  # a tie counts as won
+    assert w["proxy"]["beats_uniform_by_margin"] and not w["proxy"]["beats_random"]
+    assert w["proxy"]["beats_global_magnitude"] is None and w["proxy"]["all"] is None
+    assert not wins(summary, 0.03)["0.5"]["finetuned"]["beats_uniform_by_margin"]
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+def test_results_have_the_exact_shape_and_right_statistics(finished):
+    out, results = finished
+    assert json.loads((out / "results.json").read_text())["budgets"] == json.loads(json.dumps(results["budgets"]))
+    assert list(results["budgets"]) == ["0.7"]
+    methods = results["budgets"]["0.7"]
+    assert list(methods) == METHODS
+    for method, agg in methods.items():
+        assert set(agg) == KEYS, method
+        assert agg["seeds"] == [0, 1] and [r["seed"] for r in agg["per_seed"]] == [0, 1]
+        for metric in ("map_proxy", "map_full"):
+            values = [r[metric] for r in agg["per_seed"]]
+            assert all(isinstance(v, float) for v in values)
+            assert agg[metric] == pytest.approx(statistics.fmean(values))
+            assert agg[f"{metric}_std"] == pytest.approx(statistics.stdev(values))
+        # the fine-tune was skipped: null, never a made-up number
+        assert agg["map_finetuned"] is None and agg["map_finetuned_std"] is None
+        assert all(r["map_finetuned"] is None for r in agg["per_seed"])
+        assert agg["wall_s"] == pytest.approx(statistics.fmean(r["wall_s"] for r in agg["per_seed"]))
+        if method in ("ddpg", "random"):
+            steps = [r["episodes_to_95"] for r in agg["per_seed"]]
+            assert all(1 <= s <= 4 for s in steps) and agg["episodes_to_95"] == pytest.approx(statistics.fmean(steps))
+        else:
+            assert agg["episodes_to_95"] is None
+        for r in agg["per_seed"]:  # every method at the budget, baselines close under it
+            assert r["flops_ratio"] <= 0.7
+            if method in ("uniform", "global_magnitude"):
+                assert r["flops_ratio"] > 0.6
+    w = results["wins"]["0.7"]
+    assert set(w) == {"margin", "finetuned", "proxy"} and w["margin"] == 0.02
+    assert w["finetuned"]["all"] is None and isinstance(w["proxy"]["all"], bool)
+    for name in ("results.md", "map_vs_flops.svg", "reward_curves.svg"):
+        assert (out / name).is_file(), name
+    assert (out / "map_vs_flops.svg").read_text().startswith("<svg")
+    assert "| 0.7 | ddpg |" in (out / "results.md").read_text()
+    # the searches are amc-search's: their run dirs hold everything it writes
+    search = out / "cells" / "flops-0.7" / "ddpg" / "seed1" / "search"
+    assert (search / "best_policy.yaml").is_file() and (search / "results.json").is_file()
+
+
+def test_partial_run_resumes_without_redoing_finished_cells(finished, tmp_path, monkeypatch):
+    src, before = finished
+    out = tmp_path / "partial"
+    shutil.copytree(src, out)
+    # a bench killed after some cells: results gone, two cells unfinished; the ddpg one's search had finished
+    for name in ("results.json", "results.md", "map_vs_flops.svg", "reward_curves.svg"):
+        (out / name).unlink()
+    cells = out / "cells" / "flops-0.7"
+    (cells / "ddpg" / "seed1.json").unlink()
+    (cells / "uniform" / "seed0.json").unlink()
+    finished_before = {p: p.read_text() for p in cells.rglob("seed*.json")}
+    ran = []
+    original = CompareBench._run_cell
+
+    def counting(self, budget, method, seed):
+        ran.append((budget.key, method, seed))
+        return original(self, budget, method, seed)
+
+    monkeypatch.setattr(CompareBench, "_run_cell", counting)
+    after = compare_bench(tiny_cfg(f"bench.resume={out}"), tmp_path / "unused")
+    assert sorted(ran) == [("0.7", "ddpg", 1), ("0.7", "uniform", 0)]
+    assert not (tmp_path / "unused").exists()
+    for path, text in finished_before.items():  # finished cells were read, never rewritten
+        assert path.read_text() == text
+    # the resumed search played no episode again and gives the same best policy
+    log = (cells / "ddpg" / "seed1" / "search" / "episodes.jsonl").read_text().splitlines()
+    assert [json.loads(line)["episode"] for line in log] == [0, 1, 2, 3]
+    for method in METHODS:
+        for metric in ("map_proxy", "map_full", "flops_ratio"):
+            assert after["budgets"]["0.7"][method][metric] == pytest.approx(before["budgets"]["0.7"][method][metric])
+    # other settings than the finished cells': refused, in one line, instead of mixing results
+    with pytest.raises(ConfigError, match="other settings"):
+        compare_bench(tiny_cfg(f"bench.resume={out}", "bench.full.val_images=6"), tmp_path / "unused")
+
+
+def test_finetune_column_when_enabled(tmp_path):
+    results = compare_bench(tiny_cfg("bench.methods=[uniform]", "bench.seeds=1", finetune=1), tmp_path)
+    agg = results["budgets"]["0.7"]["uniform"]
+    assert isinstance(agg["map_finetuned"], float) and agg["map_finetuned_std"] is None  # one seed: no std
+    assert agg["per_seed"][0]["map_finetuned"] == agg["map_finetuned"]
+    assert results["wins"]["0.7"]["finetuned"]["all"] is None  # no ddpg to judge
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("override, message", [
+    ("bench.budgets=[0.01]", "unreachable"),
+    ("bench.budgets=[1.5]", "in \\(0, 1\\]"),
+    ("bench.methods=[ddpg,amc]", "bench.methods"),
+    ("bench.seeds=0", "bench.seeds"),
+])
+def test_bad_settings_fail_before_any_work(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        CompareBench(tiny_cfg(override), tmp_path / "run")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_unreachable_budget_is_one_line(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "amc.cli.bench", "bench=compare", "bench.budgets=[0.05,0.5]",
+                          f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300, env=env,
+                         cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: bench budget 0.05: flops budget 0.05 is unreachable")
+    assert not (tmp_path / "run" / "cells").exists()
+
+
+def test_module_exports():
+    assert compare.METHODS == tuple(METHODS)
