@@ -233,11 +233,20 @@ def test_ddpg_learns_on_the_toy_problem():
 # -- (8) baselines ---------------------------------------------------------------------------------------------
 
 def test_random_agent_is_seeded_uniform_and_resumable(tmp_path):
-    env = Recorder(ToyPruningEnv())
+    plain_env = Recorder(ToyPruningEnv())  # AMC's random baseline: uniform actions over the whole bounds
+    RandomSearchAgent(plain_env, 5, around_budget=False).run(4)
+    np.testing.assert_allclose(plain_env.actions, np.random.default_rng(5).uniform(-1, 1, 24).astype(np.float32))
+    env = Recorder(ToyPruningEnv())  # the default: ratios spread around the budget's uniform ratio
     agent = RandomSearchAgent(env, 5)
     reports = []
     agent.run(4, reports.append)
-    np.testing.assert_allclose(env.actions, np.random.default_rng(5).uniform(-1, 1, 24).astype(np.float32))
+    lo, hi = env.unwrapped.ratio_bounds
+    r = env.unwrapped.uniform_ratio()
+    ratios = lo + (np.asarray(env.actions) + 1) / 2 * (hi - lo)
+    assert ratios.min() >= lo - 1e-6 and ratios.max() <= min(hi, 2 * r - lo) + 1e-6
+    assert abs(ratios.mean() - r) < 0.1 * (hi - lo)  # 24 draws centred on r
+    expected = np.random.default_rng(5).uniform(lo, min(hi, 2 * r - lo), 24)
+    np.testing.assert_allclose(ratios, expected, atol=1e-6)
     assert [r.phase for r in reports] == ["random"] * 4 and agent.episodes_done == 4
     agent.save(tmp_path)
     agent.run(6)
