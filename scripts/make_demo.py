@@ -32,7 +32,7 @@ from amc.train.trainer import Trainer, TrainConfig
 def main(cfg: DictConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    device = select_device(cfg.device)
+    device = select_device(str(cfg.device.name))
     torch.manual_seed(cfg.seed)
     model, _ = load_model(cfg.model_cfg)
     train_data, val_data = load_dataset("demo", split="train"), load_dataset("demo", split="val")

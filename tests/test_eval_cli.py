@@ -27,13 +27,14 @@ def mini_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_eval_writes_the_documented_metrics(tiny_demo, mini_folder: Path, tmp_path: Path) -> None:
     root, _, val = tiny_demo
-    run = amc_eval(f"model.path={mini_folder}", "data=demo", f"data.path={root}", "img_size=96",
-                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    run = amc_eval(f"model.path={mini_folder}", "data=demo", f"data.path={root}", "img_size=96", "device=cpu",
+                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)  # device= is a config group (conf/device/)
     assert run.returncode == 0, run.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert {"map50_95", "map50", "params", "gflops", "images_per_s"} <= set(metrics)
     assert metrics["images"] == len(val) and 0.0 <= metrics["map50_95"] <= metrics["map50"] <= 1.0
     assert metrics["fused"] is True and metrics["params"] > 0 and metrics["images_per_s"] > 0
+    assert metrics["device"] == "cpu"
     assert "mAP@0.5:0.95" in run.stdout
     assert list((tmp_path / "cache" / "evalsets").glob("*.safetensors"))  # decoded once, reused next time
 
@@ -54,7 +55,8 @@ def test_subset_is_deterministic(tiny_demo, mini_folder: Path, tmp_path: Path) -
     (["model.path={model}", "data=coco"], "data=coco needs data.path="),
     (["model.path={model}", "data=coco", "data.path=nowhere"], "instances_val2017.json"),
     (["model.path={model}", "data=yolo", "data.path=missing.yaml"], "missing.yaml"),
-    (["model.path={model}", "data.path={root}", "device=cuda:7"], "device=cuda:7"),
+    (["model.path={model}", "data.path={root}", "device.name=cuda:7"], "cuda:7"),
+    (["model.path={model}", "data.path={root}", "device=tpu"], "device=tpu"),
 ])
 def test_user_errors_end_in_one_line(tiny_demo, mini_folder: Path, tmp_path: Path, overrides, message) -> None:
     root, _, _ = tiny_demo

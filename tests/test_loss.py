@@ -315,3 +315,18 @@ def test_simota_assigner_is_exposed_with_the_official_settings() -> None:
     assert isinstance(criterion.assigner, SimOTAAssigner)
     assert (criterion.assigner.top_k, criterion.aux_assigner.top_k) == (10, 20)
     assert criterion.balance == (4.0, 1.0, 0.4) and math.isclose(criterion.iou_ratio, 1.0)
+
+
+def test_last_of_repeats_keeps_the_last_write_of_each_slot() -> None:
+    from amc.train.loss import last_of_repeats
+
+    image = torch.tensor([0, 1, 0, 0, 1])
+    grid = torch.tensor([2, 3, 2, 1, 3])
+    keep = last_of_repeats(image, grid, shape=(2, 4))
+    assert keep.tolist() == [False, False, True, True, True]
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    plain = torch.zeros(2, 4)
+    plain[image, grid] = values  # the CPU's last-write-wins
+    deduped = torch.zeros(2, 4)
+    deduped[image[keep], grid[keep]] = values[keep]  # what any device computes
+    assert torch.equal(plain, deduped)

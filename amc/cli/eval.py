@@ -63,7 +63,7 @@ def report(cfg: DictConfig, entries: list[tuple[str, str | None]]) -> dict:
     from amc.eval.report import LatencySettings, ReportModel, deployment_report, load_report_model, markdown_table, \
         report_dict, report_table
 
-    device = select_device(cfg.device)
+    device = select_device(str(cfg.device.name))
     lat = cfg.latency
     backends = tuple(str(b) for b in lat.backends)
     unknown = [b for b in backends if b not in BACKENDS]
@@ -129,7 +129,7 @@ def main(cfg: DictConfig) -> dict:
     entries = _report_entries(cfg)
     if entries:
         return report(cfg, entries)
-    device = select_device(cfg.device)
+    device = select_device(str(cfg.device.name))
     model, _, source = load_model_from_config(cfg.model)
     dataset, evaluator = _evaluator(cfg, model, device)
     if cfg.fuse:

@@ -368,7 +368,7 @@ def finetune(cfg: DictConfig, s: Settings, out: Path, record: dict[str, Any] | N
 
     if s.threads:
         torch.set_num_threads(s.threads)
-    device = select_device(str(cfg.device))
+    device = select_device(str(cfg.device.name))
     img_size = config_number(cfg, "img_size", int, 32, optional=True)
     data_cfg = cfg.data
     search = search_run_config(Path(str(cfg.run))) if cfg.get("run") and record is None else None

@@ -415,6 +415,18 @@ class SimOTAAssigner:
 # --------------------------------------------------------------------------------------------------------
 # The loss
 # --------------------------------------------------------------------------------------------------------
+def last_of_repeats(*index: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Mask of the entries of a multi-index (one tensor per dimension of ``shape``) that are the last occurrence
+    of their position: writing only those gives every device the CPU's "last write wins" result."""
+    flat = torch.zeros_like(index[0])
+    for idx, size in zip(index, shape):
+        flat = flat * int(size) + idx
+    order = torch.arange(len(flat), device=flat.device)
+    last = torch.full((int(flat.max()) + 1,), -1, dtype=order.dtype, device=flat.device)
+    last.scatter_reduce_(0, flat, order, reduce="amax")
+    return last[flat] == order
+
+
 class YOLOv7Loss:
     """The official YOLOv7 training loss for an amc :class:`~amc.models.yolo.YOLOv7` model.
 
@@ -521,8 +533,9 @@ class YOLOv7Loss:
                     obj_pw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(1 - CIoU mean, objectness BCE, class BCE)`` of one level (box and class terms 0 without matches).
 
-        A slot matched twice gets one of its objectness targets (the last on the CPU; any on CUDA), as in the
-        official code.
+        A slot matched twice gets the objectness target of its last match, as the official code does on the CPU
+        (where an indexed write with repeated indices keeps the last value). On CUDA that write keeps an
+        arbitrary one, so the repeats are dropped first: the loss is the same on both devices.
         """
         zero = pred.new_zeros(())
         obj_target = torch.zeros_like(pred[..., 4])
@@ -533,8 +546,9 @@ class YOLOv7Loss:
             wh = (matched[:, 2:4].sigmoid() * 2) ** 2 * tg.anchor_wh
             ciou = bbox_iou(torch.cat((xy, wh), 1), tg.box, kind="ciou")
             box_term = (1.0 - ciou).mean()
-            obj_target[tg.image, tg.anchor, tg.grid_y, tg.grid_x] = (
-                (1.0 - self.iou_ratio) + self.iou_ratio * ciou.detach().clamp(0).to(obj_target.dtype))
+            last = last_of_repeats(tg.image, tg.anchor, tg.grid_y, tg.grid_x, shape=obj_target.shape)
+            obj_target[tg.image[last], tg.anchor[last], tg.grid_y[last], tg.grid_x[last]] = (
+                (1.0 - self.iou_ratio) + self.iou_ratio * ciou.detach()[last].clamp(0).to(obj_target.dtype))
             if self.nc > 1:
                 cls_target = torch.full_like(matched[:, 5:], self.cls_negative)
                 cls_target[torch.arange(len(tg), device=pred.device), tg.cls] = self.cls_positive
