@@ -142,3 +142,12 @@ def stop_at_epoch_set():  # noqa: ANN201 (keeps amc's data module out of conftes
 
     return StopAtEpoch
 
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny agent networks: one thread is fastest (and on a shared CPU, several threads are much slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+

@@ -24,13 +24,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "agent"
 SMALL = dict(actor_hidden=[32, 32], critic_hidden=[32, 32], batch_size=16)  # fast networks for mechanics tests
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread is fastest (and on a shared CPU, several threads are much slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def ddpg(seed: int = 0, env=None, **options) -> DDPGAgent:

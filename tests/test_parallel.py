@@ -27,12 +27,7 @@ SMALL = dict(actor_hidden=[32, 32], critic_hidden=[32, 32], batch_size=16)
 STUB = ["evaluator=stub", "final.latency_runs=0", "final.export_model=false", "progress=false"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def toy_vec(n: int) -> tuple[object, list[Recorder]]:
