@@ -105,6 +105,26 @@ def requested_ratio(action: float, bounds: tuple[float, float]) -> float:
     return min(max(lo + (a + 1.0) / 2.0 * (hi - lo), lo), hi)
 
 
+class BudgetCentredSampler:
+    """Random sparsities that spend the budget: each unit's ratio uniform in ``[lo, min(hi, 2 r - lo)]``, where ``r``
+    is the uniform policy's ratio at the budget (``env.uniform_ratio()``), so the policies average the budget's
+    sparsity and spread around it. Uniform in the whole ``[lo, hi]`` instead, most policies land far under the
+    budget (about 49% of the FLOPs kept under a 70% budget on the demo) and score almost nothing.
+
+    Environments without ``uniform_ratio`` get ratios uniform in their bounds.
+    """
+
+    def __init__(self, env: gymnasium.Env) -> None:
+        self.bounds = ratio_bounds(env)
+        lo, hi = self.bounds
+        uniform = getattr(env.unwrapped, "uniform_ratio", None)
+        self.high = min(hi, 2.0 * float(uniform()) - lo) if uniform is not None else hi
+
+    def __call__(self, rng: np.random.Generator) -> float:
+        """One action (in [-1, 1]) requesting a ratio drawn from the distribution above."""
+        return ratio_to_action(float(rng.uniform(self.bounds[0], self.high)), self.bounds)
+
+
 def ratio_to_action(ratio: float, bounds: tuple[float, float]) -> float:
     """The float32 action that requests ``ratio``: the inverse of :func:`requested_ratio`, stepped up to the next
     float32 where rounding would request a hair less (which could land below a channel-rounding step)."""

@@ -62,7 +62,7 @@ from stable_baselines3.common.utils import polyak_update, update_learning_rate
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch.nn import functional as F
 
-from agents.base import EpisodeReport, Rollout, SearchAgent, ratio_bounds
+from agents.base import BudgetCentredSampler, EpisodeReport, Rollout, SearchAgent, ratio_bounds
 from agents.noise import TruncatedNormalNoise
 from amc.errors import ConfigError
 
@@ -227,6 +227,8 @@ class DDPGAgent(SearchAgent):
         sigma_decay: its decay per episode after the warm-up (AMC: 0.95).
         moving_alpha: step of the moving-average reward baseline (AMC: 0.5).
         device: torch device of the networks ("cpu": the networks are tiny; also what determinism is tested on).
+        warmup_around_budget: warm-up ratios spread around the budget's uniform ratio
+            (:class:`~agents.base.BudgetCentredSampler`) instead of AMC's uniform actions.
     """
 
     name = "ddpg"
@@ -235,7 +237,7 @@ class DDPGAgent(SearchAgent):
                  actor_hidden: Sequence[int] = (300, 300), critic_hidden: Sequence[int] = (300, 300),
                  lr_actor: float = 1e-4, lr_critic: float = 1e-3, batch_size: int = 64, tau: float = 0.01,
                  discount: float = 1.0, replay_episodes: int = 100, sigma: float = 0.5, sigma_decay: float = 0.95,
-                 moving_alpha: float = 0.5, device: str = "cpu") -> None:
+                 moving_alpha: float = 0.5, device: str = "cpu", warmup_around_budget: bool = False) -> None:
         super().__init__(env, seed)
         actor_hidden, critic_hidden = [int(w) for w in actor_hidden], [int(w) for w in critic_hidden]
         _check(int(warmup) >= 0, f"agent warmup must be >= 0 episodes, got {warmup}")
@@ -258,7 +260,10 @@ class DDPGAgent(SearchAgent):
                             lr_actor=float(lr_actor), lr_critic=float(lr_critic), batch_size=int(batch_size),
                             tau=float(tau), discount=float(discount), replay_episodes=int(replay_episodes),
                             sigma=float(sigma), sigma_decay=float(sigma_decay), moving_alpha=float(moving_alpha),
-                            device=str(device))
+                            device=str(device), warmup_around_budget=bool(warmup_around_budget))
+        # AMC's warm-up draws uniform actions; around the budget, the replay buffer starts with policies that
+        # spend the budget (see BudgetCentredSampler) instead of mostly far-under-budget ones
+        self._warmup_sample = BudgetCentredSampler(env) if warmup_around_budget else None
         self.warmup, self.batch_size, self.n_units = int(warmup), int(batch_size), n_units
         self.sigma, self.sigma_decay = float(sigma), float(sigma_decay)
         # sigma is configured in ratio units (AMC's actions are ratios); the actions span [lo, hi] over [-1, 1]
@@ -295,7 +300,7 @@ class DDPGAgent(SearchAgent):
         started = time.perf_counter()
         k = self.episodes_done - self.warmup  # k-th episode after the warm-up (< 0: warm-up)
         if k < 0:
-            rollout = self.rollout(lambda obs: float(self.rng.uniform(-1.0, 1.0)))
+            rollout = self.rollout(lambda obs: self._warmup_action())
         else:
             rollout = self.rollout(lambda obs: self.noise(self.rng, self.actor_action(obs), k))
         return self._learn(rollout, started)
@@ -308,12 +313,17 @@ class DDPGAgent(SearchAgent):
 
         def act(obs: np.ndarray) -> list[float]:
             mu = self.actor_actions(obs) if max(ks) >= 0 else []
-            return [float(self.rng.uniform(-1.0, 1.0)) if k < 0 else self.noise(self.rng, mu[i], k)
-                    for i, k in enumerate(ks)]
+            return [self._warmup_action() if k < 0 else self.noise(self.rng, mu[i], k) for i, k in enumerate(ks)]
 
         rollouts = self.rollout_batch(vec_env, n, act)
         started = time.perf_counter()
         return [self._learn(rollout, started) for rollout in rollouts]
+
+    def _warmup_action(self) -> float:
+        """A warm-up action: uniform in [-1, 1] (AMC), or around the budget (``warmup_around_budget``)."""
+        if self._warmup_sample is None:
+            return float(self.rng.uniform(-1.0, 1.0))
+        return self._warmup_sample(self.rng)
 
     def _learn(self, rollout: Rollout, started: float) -> EpisodeReport:
         """Store episode ``episodes_done`` in the replay buffer, update (after the warm-up), count and report it."""

@@ -7,17 +7,16 @@ import time
 import gymnasium
 import numpy as np
 
-from agents.base import EpisodeReport, Rollout, SearchAgent, ratio_bounds, ratio_to_action
+from agents.base import BudgetCentredSampler, EpisodeReport, Rollout, SearchAgent
 
 
 class RandomSearchAgent(SearchAgent):
     """Random sparsities at every step of every episode, drawn from the agent's seeded Generator; never learns.
 
-    With ``around_budget`` (the default) each unit's sparsity is uniform in ``[lo, min(hi, 2 r - lo)]``, where
-    ``r`` is the uniform policy's ratio at the budget (``env.uniform_ratio()``): the policies average the
-    budget's sparsity and spread around it. Uniform in the whole ``[lo, hi]`` instead (``around_budget=False``,
-    AMC's random baseline) most policies land far under the budget (about 49% of the FLOPs kept under a 70%
-    budget on the demo), which compares a handicapped baseline with the agent, not two searches.
+    With ``around_budget`` (the default) the sparsities spread around the budget's uniform ratio
+    (:class:`~agents.base.BudgetCentredSampler`). Uniform in the whole ``[lo, hi]`` instead (``around_budget=False``,
+    AMC's random baseline) most policies land far under the budget, which compares a handicapped baseline with
+    the agent, not two searches.
 
     Args:
         env: the pruning environment.
@@ -31,15 +30,12 @@ class RandomSearchAgent(SearchAgent):
         super().__init__(env, seed)
         self.around_budget = bool(around_budget)
         self.options = dict(around_budget=self.around_budget)  # rebuilt with the same options on load
-        self._bounds = ratio_bounds(env)
-        lo, hi = self._bounds
-        uniform = getattr(env.unwrapped, "uniform_ratio", None)
-        self._high = min(hi, 2.0 * uniform() - lo) if self.around_budget and uniform is not None else hi
+        self._sample = BudgetCentredSampler(env)
 
     def _action(self) -> float:
         if not self.around_budget:
             return float(self.rng.uniform(-1.0, 1.0))
-        return ratio_to_action(float(self.rng.uniform(self._bounds[0], self._high)), self._bounds)
+        return self._sample(self.rng)
 
     def play_episode(self) -> EpisodeReport:
         started = time.perf_counter()
