@@ -49,7 +49,7 @@ def _evaluator(cfg: DictConfig, model, device):  # noqa: ANN001, ANN202
     eval_set = EvalSet(dataset, int(cfg.img_size), int(cfg.batch_size), stride, pad=0.5,
                        cache_path=cache_dir() / "evalsets" if cfg.cache else None)
     settings = EvalSettings(conf_thres=cfg.conf_thres, iou_thres=cfg.iou_thres, max_det=cfg.max_det,
-                            multi_label=cfg.multi_label, half=cfg.half)
+                            multi_label=cfg.multi_label, half=cfg.half, nms_device=str(cfg.nms_device))
     return dataset, DetectionEvaluator(dataset, eval_set, settings, device, progress=True)
 
 
