@@ -87,3 +87,11 @@ def test_the_shipped_demo_model_reaches_its_target(tmp_path, monkeypatch) -> Non
         model.fuse())
     assert result.map50_95 >= 0.5
     assert result.map50_95 == pytest.approx(0.641, abs=0.01)  # the figure in the README and the model file
+
+
+def test_nms_device_is_checked() -> None:
+    from amc.eval.evaluator import EvalSettings
+
+    assert EvalSettings().nms_device == "cpu" and EvalSettings(nms_device="model").nms_device == "model"
+    with pytest.raises(ConfigError, match="nms_device must be cpu or model"):
+        EvalSettings(nms_device="gpu")
