@@ -69,21 +69,33 @@ def _padded(values: np.ndarray, floor: float | None = None) -> tuple[float, floa
 
 
 def scatter_svg(x: Sequence[float], series: dict[str, Sequence[float]], title: str = "", x_label: str = "",
-                y_label: str = "", width: int = 720, height: int = 520) -> str:
-    """A scatter plot of one or more ``y`` series against ``x`` as an SVG document (with a y = x guide)."""
+                y_label: str = "", width: int = 720, height: int = 520, diagonal: bool = True) -> str:
+    """A scatter plot of one or more ``y`` series against ``x`` as an SVG document.
+
+    With ``diagonal`` both axes share one range and a dashed y = x guide is drawn (for a quantity against an
+    estimate of it); without, each axis spans its own data.
+    """
     xs = np.asarray(x, dtype=np.float64)
     ys = {name: np.asarray(v, dtype=np.float64) for name, v in series.items()}
-    lo, hi = _padded(np.concatenate([xs, *ys.values()]) if len(xs) else np.zeros(1), floor=0.0)
-    f = _Frame((lo, hi), (lo, hi), width, height)
+    all_y = np.concatenate(list(ys.values())) if ys else np.zeros(1)
+    if diagonal:
+        lo, hi = _padded(np.concatenate([xs, all_y]) if len(xs) else np.zeros(1), floor=0.0)
+        x_range = y_range = (lo, hi)
+    else:
+        x_range = _padded(xs if len(xs) else np.zeros(1), floor=0.0)
+        y_range = _padded(all_y, floor=0.0)
+    f = _Frame(x_range, y_range, width, height)
     parts = f.open(title, x_label, y_label)
-    parts.append(f'<line x1="{f.px(lo):.1f}" y1="{f.py(lo):.1f}" x2="{f.px(hi):.1f}" y2="{f.py(hi):.1f}" '
-                 'stroke="#999" stroke-dasharray="4 4"><title>y = x</title></line>')
+    if diagonal:
+        lo, hi = x_range
+        parts.append(f'<line x1="{f.px(lo):.1f}" y1="{f.py(lo):.1f}" x2="{f.px(hi):.1f}" y2="{f.py(hi):.1f}" '
+                     'stroke="#999" stroke-dasharray="4 4"><title>y = x</title></line>')
     for k, (name, y) in enumerate(ys.items()):
         color = COLORS[k % len(COLORS)]
         for xv, yv in zip(xs, y):
             if np.isfinite(xv) and np.isfinite(yv):
                 parts.append(f'<circle cx="{f.px(xv):.1f}" cy="{f.py(yv):.1f}" r="4.5" fill="{color}" '
-                             f'fill-opacity="0.75"><title>{_escape(name)}: proxy {xv:.3f}, {yv:.3f}</title></circle>')
+                             f'fill-opacity="0.75"><title>{_escape(name)}: {xv:.3f}, {yv:.3f}</title></circle>')
         ly = f.legend_y(k)
         parts.append(f'<circle cx="{f.left + 14}" cy="{ly - 4}" r="4.5" fill="{color}"/>')
         parts.append(f'<text x="{f.left + 24}" y="{ly}">{_escape(name)}</text>')

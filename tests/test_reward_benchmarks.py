@@ -80,6 +80,9 @@ def test_scatter_svg_is_well_formed():
     circles = root.findall(".//{http://www.w3.org/2000/svg}circle")
     assert len(circles) == 3 * 2 + 2  # points + legend markers
     assert "proxy" in svg and "mAP" in svg
+    assert "y = x" in svg
+    plain = scatter_svg([0.3, 0.5, 0.7], {"m": [0.1, 0.2, 0.3]}, diagonal=False)
+    assert "y = x" not in plain and len(ET.fromstring(plain).findall(".//{http://www.w3.org/2000/svg}circle")) == 4
 
 
 # ---------------------------------------------------------------------------------------------- benches

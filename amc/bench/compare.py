@@ -603,7 +603,8 @@ class CompareBench:
         series = {m: [p[2] if p[0] == m else float("nan") for p in points] for m in self.methods}
         svg = scatter_svg(x, series, title=f"{'fine-tuned' if self.finetune_epochs else 'full-val'} mAP@0.5:0.95 vs "
                                            f"FLOPs kept, one point per seed",
-                          x_label="FLOPs kept (fraction of the unpruned model)", y_label="mAP@0.5:0.95")
+                          x_label="FLOPs kept (fraction of the unpruned model)", y_label="mAP@0.5:0.95",
+                          diagonal=False)  # mAP against FLOPs: no y = x guide
         return atomic_write_text(self.out / "map_vs_flops.svg", svg)
 
     def _reward_curves(self, cells: dict[str, dict[str, list[dict[str, Any]]]]) -> Path:
