@@ -179,3 +179,14 @@ def test_cli_unreachable_budget_is_one_line(tmp_path):
 
 def test_module_exports():
     assert compare.METHODS == tuple(METHODS)
+
+
+def test_latency_budget_cells(tmp_path):
+    """bench.latency_budgets: one lookup table for the run, every method's policy within the latency budget."""
+    results = compare_bench(tiny_cfg("bench.budgets=[]", "bench.latency_budgets=[0.8]", "bench.seeds=1"), tmp_path)
+    assert list(results["budgets"]) == ["latency:0.8"]
+    assert (tmp_path / "latency_table.json").is_file()
+    for method in METHODS:
+        agg = results["budgets"]["latency:0.8"][method]
+        assert agg["latency_ratio"] <= 0.8 + 1e-9 and 0.0 < agg["flops_ratio"] < 1.0, (method, agg)
+        assert agg["map_proxy"] is not None
