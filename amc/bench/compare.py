@@ -464,7 +464,7 @@ class CompareBench:
 
         setup = SearchSetup(cfg, cell_dir)
         # the search's own building path (the parallel workers use it too): model, space, criterion, evaluator
-        setup._build_env()
+        setup.build_env()
         try:
             space = setup.space
             t0 = time.perf_counter()

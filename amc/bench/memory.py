@@ -248,21 +248,19 @@ def sampled_episodes(episodes: int, every: int) -> np.ndarray:
 
 
 def _sampled_runner(cfg: DictConfig, run_dir: Path, sampler: RssSampler, every: int):  # noqa: ANN202
-    """A :class:`SearchRunner` that samples the RSS after its own per-episode bookkeeping (log, checkpoint).
-
-    Subclassing keeps the runner's behaviour untouched: the sample is taken after the runner's episode
-    callback has returned, so what was allocated for that episode (log lines, the checkpoint) is in it.
-    """
+    """A :class:`SearchRunner` that samples the RSS after its own per-episode bookkeeping (log, checkpoint):
+    the sample is taken once the runner has finished with the episode, so what was allocated for it (log lines,
+    the checkpoint) is in it."""
     from amc.search.runner import SearchRunner
 
-    class SampledRunner(SearchRunner):
-        def _on_episode(self, report) -> None:  # noqa: ANN001 (agents.base.EpisodeReport)
-            super()._on_episode(report)
-            done = self.state.episodes_done
-            if done % every == 0 or done == self.settings.episodes:
-                sampler.sample(done)
+    total = int(cfg.episodes)
 
-    return SampledRunner(cfg, run_dir)
+    def sample(report) -> None:  # noqa: ANN001 (agents.base.EpisodeReport)
+        done = int(report.episode) + 1
+        if done % every == 0 or done == total:
+            sampler.sample(done)
+
+    return SearchRunner(cfg, run_dir, after_episode=sample)
 
 
 def rss_chart(episodes: np.ndarray, rss_kib: np.ndarray, trend: MemoryTrend, title: str) -> str:

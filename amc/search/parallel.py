@@ -114,7 +114,7 @@ def search_worker_env(config: dict[str, Any], run_dir: str, rank: int, workers: 
     from amc.search.runner import SearchSetup
 
     setup = SearchSetup(OmegaConf.create(config), Path(run_dir), worker=(rank, workers))
-    setup._build_env()
+    setup.build_env()
     return setup.env
 
 

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,7 +176,8 @@ class SearchSetup:
         if self.worker is None:  # N workers printing the same set-up lines would only repeat the main process
             console.print(message)
 
-    def _build_env(self) -> None:
+    def build_env(self) -> None:
+        """Build the model, pruning space, evaluator and environment of the config (``self.env``, ``self.space``, ...)."""
         from amc.pruning.criteria import make_criterion
         from amc.pruning.space import PruningSpace
         from amc.reward.functions import reward_from_config
@@ -284,11 +286,15 @@ class SearchRunner(SearchSetup):
     Args:
         cfg: the composed ``conf/search.yaml`` (for a resume: the run's own config, see :func:`load_resume_config`).
         run_dir: where everything is written.
+        after_episode: called with each episode's report once the runner has logged and checkpointed it (a
+            benchmark's probe, e.g. ``amc-bench bench=memory``'s memory sampler).
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path,
+                 after_episode: Callable[[Any], None] | None = None) -> None:
         started = time.perf_counter()
         super().__init__(cfg, run_dir)
+        self.after_episode = after_episode
         self.resuming = bool(cfg.get("resume"))
         check_writable(self.run_dir)
         if not self.resuming and (self.run_dir / CONFIG_FILE).exists():
@@ -303,7 +309,7 @@ class SearchRunner(SearchSetup):
     def _build(self) -> None:
         from agents import SearchAgent, agent_from_config
 
-        self._build_env()
+        self.build_env()
         cfg, s = self.cfg, self.settings
         checkpoint = complete_dir(self.run_dir / CHECKPOINT_DIR) if self.resuming else None
         if checkpoint is not None:
@@ -388,6 +394,8 @@ class SearchRunner(SearchSetup):
         if getattr(report, "last_in_batch", True):
             self._checkpoint()
         self._progress.update(self._task, completed=st.episodes_done, best=self._best_text())
+        if self.after_episode is not None:
+            self.after_episode(report)
 
     def _write_best_policy(self) -> None:
         from amc.pruning.policy import Policy
