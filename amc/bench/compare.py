@@ -35,7 +35,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from amc.atomic import atomic_write_json, atomic_write_text
-from amc.cli.app import config_number, console, print_table
+from amc.cli.app import config_number, console, plain, print_table
 from amc.errors import AmcError, ConfigError
 
 METHODS = ("ddpg", "random", "uniform", "global_magnitude")
@@ -229,10 +229,6 @@ def _number(node: Any, key: str, kind: type = int, low: float | None = None, opt
         raise ConfigError(str(e)) from None
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-
-
 def _fingerprint(*parts: Any) -> str:
     """A short hash of JSON-able settings: a resumed cell must come from the same settings."""
     text = json.dumps(parts, sort_keys=True, default=str)
@@ -377,7 +373,7 @@ class CompareBench:
         self.bn_batches = [x.to(self.device) for x, _ in sample_batches(
             train, int(f.bn_batches), int(f.bn_batch_size), self.img_size, seed=int(f.bn_seed),
             augment=bool(f.bn_augment))] if int(f.bn_batches) > 0 else []
-        self.hyp = _plain(ft.hyp)
+        self.hyp = plain(ft.hyp)
         self.train_set = None
         if self.finetune_epochs > 0:
             self.train_set = TrainSet(train.subset(ft.get("train_images"), int(self.seeds[0])), img_size=self.img_size,
@@ -413,9 +409,9 @@ class CompareBench:
         return self.out / CELLS_DIR / budget.dirname / method / f"seed{seed}.json"
 
     def _cell_fingerprint(self, cfg: DictConfig) -> str:
-        search = _plain(cfg)
+        search = plain(cfg)
         search.pop("progress", None)  # a progress bar changes no result: a resume may switch it
-        return _fingerprint(search, _plain(self.b.full), _plain(self.b.finetune))
+        return _fingerprint(search, plain(self.b.full), plain(self.b.finetune))
 
     def _run_cell(self, budget: CompareBudget, method: str, seed: int) -> dict[str, Any]:
         cfg = self.cfgs[(budget.key, method, seed)]
@@ -553,8 +549,8 @@ class CompareBench:
         return {"model": self.source, "units": len(self.space), "methods": self.methods, "seeds": self.seeds,
                 "episodes": self.episodes, "budgets": [b.key for b in self.budgets], "wins_margin": self.margin,
                 "search_config": self.config_name, "search_overrides": self.overrides,
-                "agent_overrides": self.agent_overrides, "full": _plain(self.b.full),
-                "full_images": self.full_images, "finetune": _plain(self.b.finetune), "device": str(self.device)}
+                "agent_overrides": self.agent_overrides, "full": plain(self.b.full),
+                "full_images": self.full_images, "finetune": plain(self.b.finetune), "device": str(self.device)}
 
     # ------------------------------------------------------------------ outputs
     def _report(self, results: dict[str, Any], cells: dict[str, dict[str, list[dict[str, Any]]]]) -> None:

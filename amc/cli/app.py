@@ -180,6 +180,11 @@ def load_data_from_config(data_cfg: DictConfig, split: str | None = None):  # no
     return load_dataset("coco", annotations, split, images_dir=images)
 
 
+def plain(node: Any) -> Any:
+    """A config node as plain Python (dicts, lists, scalars; interpolations resolved); anything else as it is."""
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
 def config_number(node: DictConfig, key: str, kind: type = int, low: float | None = None, high: float | None = None,
                   optional: bool = False, prefix: str = "") -> Any:
     """``node[key]`` as an ``int`` or ``float`` in ``[low, high]``; anything else is a one-line user error.

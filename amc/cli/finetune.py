@@ -26,7 +26,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from amc.atomic import atomic_write_json, atomic_write_text
-from amc.cli.app import (amc_app, config_number, console, load_data_from_config, load_model_from_config,
+from amc.cli.app import (amc_app, config_number, console, load_data_from_config, load_model_from_config, plain,
                          print_table, rounding_from_config, run_dir)
 from amc.errors import ConfigError
 
@@ -110,10 +110,6 @@ class Models:
     how: str
     teacher: Any | None
     teacher_source: str | None
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def _overridden(group: str) -> bool:
@@ -413,12 +409,12 @@ def finetune(cfg: DictConfig, s: Settings, out: Path, record: dict[str, Any] | N
     if record is None:
         save_model(student, out / START_DIR, extra={"pruned_from": models.teacher_source, "source": models.how})
         atomic_write_text(out / CONFIG_FILE, yaml.safe_dump({
-            RUN_MARKER: 1, "config": _plain(cfg), "student": models.student_source, "how": models.how,
-            "teacher": models.teacher_source, "data": _plain(data_cfg), "img_size": img_size}, sort_keys=False))
+            RUN_MARKER: 1, "config": plain(cfg), "student": models.student_source, "how": models.how,
+            "teacher": models.teacher_source, "data": plain(data_cfg), "img_size": img_size}, sort_keys=False))
     console.print(f"fine-tuning {models.how}" + (f"; teacher {models.teacher_source}" if s.kd else "; no distillation")
                   + f"; {len(train)} train / {len(val)} val images at {img_size} px on {device}")
 
-    hyp = _plain(cfg.hyp)
+    hyp = plain(cfg.hyp)
     eval_set = EvalSet(val, img_size, 32, max(32, stride), pad=0.5, progress=bool(cfg.progress),
                        cache_path=cache_dir() / "evalsets" if cfg.get("cache", True) else None)
     evaluator = DetectionEvaluator(val, eval_set, device=device, map_backend="fast")

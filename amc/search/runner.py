@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from amc.atomic import atomic_dir, atomic_write_json, atomic_write_text, complete_dir
-from amc.cli.app import (config_number, console, load_data_from_config, load_model_from_config, print_table,
+from amc.cli.app import (config_number, console, load_data_from_config, load_model_from_config, plain, print_table,
                          rounding_from_config)
 from amc.errors import ConfigError
 
@@ -149,10 +149,6 @@ class SearchSettings:
                    workers=workers)
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-
-
 # ---------------------------------------------------------------------------------------------- environment
 class SearchSetup:
     """Model, pruning space, evaluator and environment of a search, built from its config.
@@ -188,7 +184,7 @@ class SearchSetup:
         self.device = self._device()
         reward = reward_from_config(cfg.reward)
         criterion_name = str(cfg.evaluator.get("criterion") or "l1")
-        criterion = make_criterion(criterion_name, seed=s.seed, **(_plain(cfg.evaluator.get("criterion_options")) or {}))
+        criterion = make_criterion(criterion_name, seed=s.seed, **(plain(cfg.evaluator.get("criterion_options")) or {}))
         rounding = rounding_from_config(cfg.pruning)
         torch.manual_seed(s.seed)
         np.random.seed(s.seed)
@@ -317,10 +313,10 @@ class SearchRunner(SearchSetup):
             self.state = SearchState.from_dict(json.loads((checkpoint / "state.json").read_text()))
             self._adopt_exported_best()
         else:
-            self.agent = agent_from_config(_plain(cfg.agent), self.env, s.seed)
+            self.agent = agent_from_config(plain(cfg.agent), self.env, s.seed)
         if not self.resuming:
             atomic_write_text(self.run_dir / CONFIG_FILE, yaml.safe_dump(
-                {RUN_MARKER: 1, "config": _plain(cfg)}, sort_keys=False))
+                {RUN_MARKER: 1, "config": plain(cfg)}, sort_keys=False))
 
     # ------------------------------------------------------------------ the episodes
     def run(self) -> dict[str, Any]:
