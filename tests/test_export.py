@@ -21,8 +21,8 @@ from amc.data.synthetic import generate_demo_dataset
 from amc.errors import ConfigError
 from amc.eval.evaluator import DetectionEvaluator
 from amc.eval.nms import non_max_suppression
-from amc.export.onnx import (ExportError, GraphNms, OnnxDetector, add_nms, compare_detections, compare_predictions,
-                             export_detector, graph_detections, ort_session, save_onnx)
+from amc.export.onnx import (ExportError, GraphNms, OnnxDetector, add_nms, check_predictions, compare_detections,
+                             compare_predictions, export_detector, graph_detections, ort_session, save_onnx)
 from amc.export.quantize import decode_nodes, quantize_int8
 from amc.models import load_model
 from amc.pruning.apply import apply_policy
@@ -84,6 +84,10 @@ def test_onnx_equals_pytorch_with_a_dynamic_batch(which, demo, pruned, demo_data
     diff = compare_predictions(fused(model).double(), detector, one + three + rect)  # vs the exact predictions
     assert diff <= 1e-3, diff
     assert compare_predictions(fused(model), detector, one + three + rect) <= 2e-3  # vs PyTorch float32
+    check = check_predictions(fused(model), detector, one + three + rect)  # amc-export's one-pass check
+    assert check.max_abs_diff == pytest.approx(diff, rel=1e-9, abs=1e-12)
+    assert check.max_abs_diff_vs_fp32 <= check.max_abs_diff + check.pytorch_fp32_error + 1e-9  # triangle inequality
+    assert 0.0 < check.pytorch_fp32_error < 1e-2
 
 
 def test_onnx_detector_is_scored_like_the_pytorch_model(demo, demo_data):
