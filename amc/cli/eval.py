@@ -81,12 +81,13 @@ def report(cfg: DictConfig, entries: list[tuple[str, str | None]]) -> dict:
             models.append(ReportModel(label, source, model=model.eval()))
         else:
             models.append(load_report_model(label, path))
-    first_torch = next((m.model for m in models if m.model is not None), None)
-    if first_torch is None:
+    reference = next((m for m in models if m.model is not None), None)
+    if reference is None:
         raise ConfigError("the report needs at least one PyTorch model (report.original, or model=)")
+    first_torch = reference.model
     for m in models:
         if m.model is not None and int(m.model.nc) != int(first_torch.nc):
-            raise ConfigError(f"report.{m.label} has {m.model.nc} classes where report.{models[0].label} has "
+            raise ConfigError(f"report.{m.label} has {m.model.nc} classes where report.{reference.label} has "
                               f"{first_torch.nc}: the report compares versions of one detector")
     dataset, evaluator = _evaluator(cfg, first_torch, device)
     img_size = int(cfg.img_size)

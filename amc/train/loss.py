@@ -422,7 +422,8 @@ def last_of_repeats(*index: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     for idx, size in zip(index, shape):
         flat = flat * int(size) + idx
     order = torch.arange(len(flat), device=flat.device)
-    last = torch.full((int(flat.max()) + 1,), -1, dtype=order.dtype, device=flat.device)
+    # sized by the shape, not flat.max(): reading a maximum back would stall the GPU once per level and step
+    last = torch.full((math.prod(int(n) for n in shape),), -1, dtype=order.dtype, device=flat.device)
     last.scatter_reduce_(0, flat, order, reduce="amax")
     return last[flat] == order
 
