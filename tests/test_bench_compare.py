@@ -152,6 +152,16 @@ def test_finetune_column_when_enabled(tmp_path):
     assert results["wins"]["0.7"]["finetuned"]["all"] is None  # no ddpg to judge
 
 
+def test_a_bench_split_by_seed_scores_like_one_bench(tmp_path):
+    """Seeds spread over processes (seed=k bench.seeds=1) fine-tune on the same images as one bench of all seeds."""
+    both = compare_bench(tiny_cfg("bench.methods=[uniform]", finetune=1), tmp_path / "both")
+    alone = compare_bench(tiny_cfg("bench.methods=[uniform]", "bench.seeds=1", "seed=1", finetune=1),
+                          tmp_path / "alone")
+    seed1 = [r for r in both["budgets"]["0.7"]["uniform"]["per_seed"] if r["seed"] == 1][0]
+    assert alone["budgets"]["0.7"]["uniform"]["per_seed"][0]["seed"] == 1
+    assert alone["budgets"]["0.7"]["uniform"]["map_finetuned"] == seed1["map_finetuned"]
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("override, message", [
     ("bench.budgets=[0.01]", "unreachable"),

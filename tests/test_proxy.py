@@ -112,3 +112,37 @@ def test_conf_proxy_default_equals_the_code_defaults():
     from_conf, code = proxy_settings(node), ProxySettings()
     assert asdict(from_conf) == asdict(code)
     assert proxy_settings({"map_backend": "cocoeval"}).map_backend == "cocoeval"
+
+
+def test_short_recovery_distils_a_copy_and_is_deterministic(demo):
+    """recover_steps trains the pruned copy towards the unpruned outputs; the model itself is untouched."""
+    model, space, _, val, train = demo
+    harsh = make_criterion("l1")
+    harsh.prepare(model, space)
+    selection = harsh.select(list(space.kept_channels(uniform_policy(space, 0.5).ratios)))
+    before = copy.deepcopy(model.state_dict())
+    scores = {}
+    for steps in (0, 1, 12, 12):
+        proxy = ProxyEvaluator(model, space, val, train, ProxySettings(recover_steps=steps, **SETTINGS))
+        scores.setdefault(steps, []).append(proxy(selection))
+        unpruned = proxy(None)  # no steps for the unpruned model
+        proxy.close()
+        assert unpruned.recover_s == 0.0
+    for k, v in model.state_dict().items():  # the original weights and statistics never trained
+        assert torch.equal(v, before[k]), k
+    plain, one, twelve = scores[0][0], scores[1][0], scores[12][0]
+    assert plain.recover_s == 0.0 and plain.recover_loss != plain.recover_loss  # NaN: no steps
+    assert twelve.recover_s > 0.0 and twelve.recover_loss < one.recover_loss  # the distillation loss falls
+    assert twelve.map50_95 > plain.map50_95 + 0.005  # and the pruned detector recovers some accuracy
+    assert scores[12][1].map50_95 == twelve.map50_95  # same settings, same score (CPU)
+
+
+def test_recovery_settings_are_checked():
+    with pytest.raises(ConfigError, match="recover_steps"):
+        ProxySettings(recover_steps=-1)
+    with pytest.raises(ConfigError, match="recover_lr"):
+        ProxySettings(recover_lr=0.0)
+    with pytest.raises(ConfigError, match="adaptive_bn=true"):
+        ProxySettings(recover_steps=5, adaptive_bn=False)
+    with pytest.raises(ConfigError, match="path=physical"):
+        ProxySettings(recover_steps=5, path="masked")

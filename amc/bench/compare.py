@@ -45,6 +45,7 @@ SEARCH_METHODS = ("ddpg", "random")
 METRICS = ("map_proxy", "map_full", "map_finetuned")
 """The mAPs@0.5:0.95 reported per cell; each gets a mean and a ``_std`` over seeds."""
 CELLS_DIR = "cells"
+SUBSET_SEED = 0  # draws the val / train subsets of bench.full and bench.finetune (the same for every seed)
 
 
 # ---------------------------------------------------------------------------------------------- budgets
@@ -362,7 +363,9 @@ class CompareBench:
         self.img_size = int(f.img_size) if f.get("img_size") is not None else int(cfg.data.img_size)
         val = load_data_from_config(cfg.data, str(cfg.data.split))
         train = load_data_from_config(cfg.data, str(cfg.data.get("train_split") or "train"))
-        full_set = val.subset(f.get("val_images"), int(self.seeds[0])) if f.get("val_images") else val
+        # Subsets drawn with a fixed seed, not the first search seed: a bench split into processes per seed
+        # (bench.seeds=1 seed=k, one run dir) scores every cell on the same images as one bench with all seeds.
+        full_set = val.subset(f.get("val_images"), SUBSET_SEED) if f.get("val_images") else val
         check_classes(self.model, full_set)
         stride = max(32, int(self.model.stride.max()))
         settings = EvalSettings(conf_thres=float(f.conf_thres), iou_thres=float(f.iou_thres), max_det=int(f.max_det),
@@ -376,8 +379,8 @@ class CompareBench:
         self.hyp = plain(ft.hyp)
         self.train_set = None
         if self.finetune_epochs > 0:
-            self.train_set = TrainSet(train.subset(ft.get("train_images"), int(self.seeds[0])), img_size=self.img_size,
-                                      augment=bool(ft.augment), hyp=self.hyp, seed=int(self.seeds[0]))
+            self.train_set = TrainSet(train.subset(ft.get("train_images"), SUBSET_SEED), img_size=self.img_size,
+                                      augment=bool(ft.augment), hyp=self.hyp, seed=SUBSET_SEED)
 
     def _score(self, pruned, seed: int) -> tuple[float, float | None]:  # noqa: ANN001
         """Full-val mAP after adaptive BN, and after the short fine-tune (``None`` when it is skipped)."""

@@ -27,6 +27,7 @@ from amc.pruning.masks import ChannelMasks
 from amc.pruning.physical import prune_model
 from amc.pruning.selection import ChannelSelection
 from amc.pruning.space import PruningSpace
+from amc.reward.recovery import RecoverySettings, ShortRecovery
 
 
 @dataclass
@@ -49,6 +50,9 @@ class ProxySettings:
         map_backend: how mAP is computed: ``fast`` (:class:`~amc.eval.fastmap.FastCocoMap`, COCOeval's
             numbers exactly, ~40x faster: 8 ms instead of 0.33 s for 200 demo images) or ``cocoeval``
             (pycocotools itself).
+        recover_steps, recover_lr, recover_temperature: distillation steps between adaptive BN and scoring
+            (:mod:`amc.reward.recovery`; 0 = none). For harsh budgets, where mAP before fine-tuning does not
+            predict mAP after it.
     """
 
     val_images: int | None = 200
@@ -66,6 +70,9 @@ class ProxySettings:
     # fine-tuned mAP (official settings: 1.000 / 0.874), `amc-bench bench=fidelity` on the demo.
     eval: EvalSettings = field(default_factory=lambda: EvalSettings(conf_thres=0.01, max_det=100))
     map_backend: str = "fast"
+    recover_steps: int = 0
+    recover_lr: float = 0.01
+    recover_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.val_images is not None and self.val_images < 1:
@@ -79,6 +86,17 @@ class ProxySettings:
             raise ConfigError(f"proxy.path must be physical or masked, got {self.path!r}")
         if self.adaptive_bn and self.bn_batches < 1:
             raise ConfigError(f"proxy.bn_batches must be >= 1 with adaptive_bn, got {self.bn_batches}")
+        _ = self.recovery  # checks the recover_* values
+        if self.recover_steps > 0 and not self.adaptive_bn:
+            raise ConfigError("proxy.recover_steps trains on the adaptive-BN batches: set proxy.adaptive_bn=true")
+        if self.recover_steps > 0 and self.path != "physical":
+            raise ConfigError("proxy.recover_steps trains the pruned copy: it needs proxy.path=physical "
+                              "(masks would train the original model)")
+
+    @property
+    def recovery(self) -> RecoverySettings:
+        """The ``recover_*`` fields as :class:`~amc.reward.recovery.RecoverySettings`."""
+        return RecoverySettings(self.recover_steps, self.recover_lr, self.recover_temperature)
 
 
 @dataclass
@@ -91,6 +109,8 @@ class ProxyResult:
     bn_s: float  # adaptive-BN forward passes
     eval_s: float  # val forward passes + NMS
     total_s: float  # everything, including masks and mAP
+    recover_s: float = 0.0  # distillation steps (proxy.recover_steps)
+    recover_loss: float = float("nan")  # their mean distillation loss over the last pass through the batches
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -152,6 +172,7 @@ class ProxyEvaluator:
                                      augment=s.bn_augment)
             self.bn_batches = [images.to(self.device) for images, _ in batches]
         self.masks = ChannelMasks(self.model, space) if s.path == "masked" else None
+        self.recovery = ShortRecovery(self.model, self.bn_batches, s.recovery)
         # The unpruned BatchNorm state, restored after every episode (adaptive BN overwrites it).
         self._bn_state = {k: v.clone() for k, v in self.model.state_dict().items()
                           if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
@@ -169,17 +190,29 @@ class ProxyEvaluator:
                 self.masks.apply(selection) if selection is not None else self.masks.reset()
             elif selection is not None:
                 model = prune_model(self.model, self.space, selection)  # a new, smaller model
-            bn_s = 0.0
+            bn_s = recover_s = 0.0
+            recover_loss = float("nan")
             if self.settings.adaptive_bn:
+                bn_s = self._recalibrate(model)
+            if self.recovery.enabled and selection is not None:
+                # Train from sane statistics, then re-estimate them for the trained weights.
                 t0 = time.perf_counter()
-                recalibrate_batch_norm(model, self.bn_batches)
+                recover_loss = self.recovery(model)
                 self._sync()
-                bn_s = time.perf_counter() - t0
+                recover_s = time.perf_counter() - t0
+                bn_s += self._recalibrate(model)
             result = self.evaluator(model)
         finally:
             self.restore()
         return ProxyResult(result.map50_95, result.map50, result.images, bn_s, result.inference_s,
-                           time.perf_counter() - start)
+                           time.perf_counter() - start, recover_s, recover_loss)
+
+    def _recalibrate(self, model: nn.Module) -> float:
+        """Adaptive BN on the calibration batches; returns the seconds it took."""
+        t0 = time.perf_counter()
+        recalibrate_batch_norm(model, self.bn_batches)
+        self._sync()
+        return time.perf_counter() - t0
 
     def restore(self) -> None:
         """The unpruned model again: all channels, original weights and BatchNorm statistics."""

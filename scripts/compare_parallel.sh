@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# amc-bench bench=compare with its cells spread over processes: one process per (budget, seed), all writing their
+# own cells into one run directory, then one more bench over that directory (bench.resume) reads every cell back
+# and writes the table, results.json and the plots, exactly as a single `amc-bench bench=compare` would have.
+# Use it when a machine has cores (or a GPU) to spare: the cells are independent.
+#
+# Usage: bash scripts/compare_parallel.sh RUN_DIR [OVERRIDE ...]
+#   BUDGETS="0.3 0.5" SEEDS=2 THREADS=1   budgets, seeds 0..SEEDS-1, torch threads per process (defaults shown)
+#   TIMEOUT=0                             seconds each process may run (0 = no limit); finished cells are kept
+#   PYTHON=python3                        the interpreter amc is installed in (e.g. .venv/bin/python)
+#   OVERRIDE: any amc-bench override, given to every process, e.g. bench.episodes=120
+#             "bench.search.overrides=['device=cuda']" (quote list items that hold '=')
+# Wheels of packages the machine lacks may sit in .whl/ (installed into /tmp/site first, no network needed).
+set -uo pipefail
+RUN_DIR=${1:?usage: bash scripts/compare_parallel.sh RUN_DIR [OVERRIDE ...]}
+shift
+BUDGETS=${BUDGETS:-0.3 0.5}
+SEEDS=${SEEDS:-2}
+THREADS=${THREADS:-1}
+PYTHON=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=$THREADS
+if ! "$PYTHON" -c "import hydra, gymnasium, stable_baselines3, pycocotools" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
+mkdir -p "$RUN_DIR/logs"
+# the demo data is made on first use: make it once here, not in every process at the same time
+"$PYTHON" -c "from amc.data.datasets import load_dataset as d; d('demo', None, 'val'); d('demo', None, 'train')" || exit 1
+pids=()
+for budget in $BUDGETS; do
+  for ((seed = 0; seed < SEEDS; seed++)); do
+    timeout "${TIMEOUT:-0}" "$PYTHON" -m amc.cli.bench bench=compare "bench.budgets=[$budget]" bench.seeds=1 "seed=$seed" \
+      "bench.resume=$RUN_DIR" bench.search.progress=false "hydra.run.dir=$RUN_DIR/logs/$budget-seed$seed" "$@" \
+      >"$RUN_DIR/logs/$budget-seed$seed.log" 2>&1 &
+    pids+=($!)
+  done
+done
+failed=0
+for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
+if [ "$failed" -ne 0 ]; then  # the finished cells are kept: the same command again continues the others
+  echo "$failed of ${#pids[@]} processes failed or ran out of time (logs in $RUN_DIR/logs); run the same command again to continue" >&2
+  exit 1
+fi
+list=$(echo "$BUDGETS" | tr ' ' ',')
+"$PYTHON" -m amc.cli.bench bench=compare "bench.budgets=[$list]" "bench.seeds=$SEEDS" seed=0 "bench.resume=$RUN_DIR" \
+  "hydra.run.dir=$RUN_DIR/logs/table" "$@" 2>&1 | tee "$RUN_DIR/logs/table.log"
