@@ -200,3 +200,29 @@ def test_latency_budget_cells(tmp_path):
         agg = results["budgets"]["latency:0.8"][method]
         assert agg["latency_ratio"] <= 0.8 + 1e-9 and 0.0 < agg["flops_ratio"] < 1.0, (method, agg)
         assert agg["map_proxy"] is not None
+
+
+def test_compare_parallel_script_gives_the_single_bench_results(finished, tmp_path):
+    """scripts/compare_parallel.sh (one process per budget and seed, then one table) reproduces one bench's numbers."""
+    _, single = finished
+    out = tmp_path / "parallel"
+    script = Path(__file__).parents[1] / "scripts" / "compare_parallel.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "BUDGETS": "0.7", "SEEDS": "2", "THREADS": "1"}
+    args = ["bench.episodes=4", "bench.full.val_images=8", "bench.full.bn_batches=1", "bench.full.bn_batch_size=4",
+            "bench.finetune.epochs=0", "bench.search.overrides=['evaluator=stub']",
+            "bench.search.agents.ddpg=['agent=ddpg-demo','agent.warmup=2']"]
+    run = subprocess.run(["bash", str(script), str(out), *args], env=env, cwd=Path(__file__).parents[1],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert sorted(p.name for p in (out / "logs").glob("*.log")) == ["0.7-seed0.log", "0.7-seed1.log", "table.log"]
+    assert "8 cells, 8 already finished" in " ".join((out / "logs" / "table.log").read_text().split())
+    merged = json.loads((out / "results.json").read_text())
+    for method in METHODS:
+        for metric in ("map_proxy", "map_full", "flops_ratio"):
+            assert merged["budgets"]["0.7"][method][metric] == pytest.approx(single["budgets"]["0.7"][method][metric])
+        assert [r["seed"] for r in merged["budgets"]["0.7"][method]["per_seed"]] == [0, 1]
+    # a process that fails is reported and no table is written from a partial set of cells
+    bad = subprocess.run(["bash", str(script), str(tmp_path / "bad"), *args, "bench.full.val_images=0"], env=env,
+                         cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "2 of 2 processes failed" in bad.stderr
+    assert not (tmp_path / "bad" / "results.json").exists()
