@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
 from amc.errors import ConfigError
 from amc.models.yolo import YOLOv7
 
@@ -102,4 +103,3 @@ class ShortRecovery:
                 p.grad = None
         tail = last[-len(self.batches):]
         return sum(tail) / len(tail)
-
