@@ -1,0 +1,51 @@
+"""Does the recovery proxy's distillation loss rank policies like their fine-tuned mAP? (a dense reward candidate)
+
+At 30% FLOPs the recovery proxy's mAP is ~0 for most policies, so the search's reward is sparse. The loss left
+after the recovery steps (``ProxyResult.recover_loss``) grades every policy. This script re-scores the 12 policies
+of an ``amc-bench bench=fidelity`` run (the same policies: same config and seed) with the recovery proxy and prints
+Spearman's rho of its mAP and of minus its loss against the fine-tuned mAP that run measured.
+
+Usage: python scripts/recovery_loss_fidelity.py docs/results/fidelity-recover-0.3/results.json [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from omegaconf import OmegaConf
+
+from amc.cli.app import rounding_from_config
+from amc.reward.benchmarks import _load, _load_data, _policies, proxy_settings, spearman
+from amc.pruning.space import PruningSpace
+from amc.reward.proxy import ProxyEvaluator
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", help="results.json of an amc-bench bench=fidelity run on the demo")
+    parser.add_argument("--steps", type=int, default=30, help="proxy.recover_steps")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    ref = json.load(open(args.results))
+    b = OmegaConf.load("conf/bench/fidelity.yaml")  # the bench's defaults, with that run's budget and seed
+    b.budget, seed = float(ref["settings"]["budget"]), int(ref["settings"]["seed"])
+    val, train = _load_data(b)
+    model = _load(str(b.model), b.get("nc"), seed)
+    space = PruningSpace.from_model(model, int(b.img_size), rounding_from_config(b.pruning))
+    policies = _policies(model, space, b, seed)
+    if [round(p["flops_ratio"], 6) for p in policies] != [round(p["flops_ratio"], 6) for p in ref["policies"]]:
+        raise SystemExit("these are not the policies of that run (another config or seed)")
+    finetuned = [p["finetuned_map50_95"] for p in ref["policies"]]
+    proxy = ProxyEvaluator(model, space, val, train, proxy_settings({"recover_steps": args.steps}))
+    scores = [proxy(p["selection"]) for p in policies]
+    proxy.close()
+    print(f"budget {float(b.budget):g}, {len(policies)} policies, recover_steps={args.steps}")
+    print(f"rho(recovered mAP, fine-tuned mAP)     {spearman([r.map50_95 for r in scores], finetuned):.3f}")
+    print(f"rho(-distillation loss, fine-tuned mAP) {spearman([-r.recover_loss for r in scores], finetuned):.3f}")
+
+
+if __name__ == "__main__":
+    main()
