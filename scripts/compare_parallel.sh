@@ -19,10 +19,7 @@ SEEDS=${SEEDS:-2}
 THREADS=${THREADS:-1}
 PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=$THREADS
-if ! "$PYTHON" -c "import hydra, gymnasium, stable_baselines3, pycocotools" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="/tmp/site:$PYTHONPATH"
-fi
+source scripts/offline_wheels.sh  # wheels from .whl/ when the machine lacks the dependencies
 mkdir -p "$RUN_DIR/logs"
 # the demo data is made on first use: make it once here, not in every process at the same time
 "$PYTHON" -c "from amc.data.datasets import load_dataset as d; d('demo', None, 'val'); d('demo', None, 'train')" || exit 1

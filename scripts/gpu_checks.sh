@@ -12,10 +12,7 @@ set -uo pipefail
 OUT_DIR=${1:-${OUT:-outputs/gpu-checks}}
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="/tmp/site:$PYTHONPATH"
-fi
+source scripts/offline_wheels.sh  # wheels from .whl/ when the machine lacks the dependencies
 WORK=$(mktemp -d)
 step() {  # step NAME SECONDS COMMAND...: run, log to OUT_DIR/NAME.log, record the exit status and wall time
   local name=$1 limit=$2; shift 2

@@ -19,10 +19,7 @@ DEVICE=${DEVICE:-cuda}
 export BUDGETS=${BUDGETS:-0.3 0.5} SEEDS THREADS=${THREADS:-2}
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if ! python3 -c "import hydra, gymnasium, stable_baselines3, pycocotools" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="/tmp/site:$PYTHONPATH"
-fi
+source scripts/offline_wheels.sh  # wheels from .whl/ when the machine lacks the dependencies
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1 | tee "$OUT_DIR/gpu.txt"
 PROXY="'device=$DEVICE','device.threads=$THREADS','evaluator.proxy.val_images=200','evaluator.proxy.bn_batches=4','evaluator.proxy.recover_steps=30'"
 DDPG="'agent=ddpg-demo','agent.warmup_around_budget=true','agent.sigma_decay=0.98'"
