@@ -52,10 +52,14 @@ class StubEvaluator:
         self._full = space.cost(self._full_widths)
         self._full_latency = None if latency_table is None else float(latency_table.estimate(self._full_widths))
 
+    def damage(self, kept: np.ndarray) -> float:
+        """The made-up damage of keeping ``kept`` channels; also the stub's ``recover_loss`` (for reward=recovery)."""
+        pruned = 1.0 - np.asarray(kept, dtype=np.float64) / self._full_widths
+        return float(self.importance @ (pruned * pruned))
+
     def map_of(self, kept: np.ndarray) -> float:
         """The made-up mAP of the model whose units keep ``kept`` channels."""
-        loss = 1.0 - np.asarray(kept, dtype=np.float64) / self._full_widths
-        return self.full_map * math.exp(-self.sharpness * float(self.importance @ (loss * loss)))
+        return self.full_map * math.exp(-self.sharpness * self.damage(kept))
 
     def __call__(self, ratios: Sequence[float] | np.ndarray) -> EpisodeOutcome:
         """The outcome of the policy ``ratios`` (sparsities, one per unit)."""
@@ -65,4 +69,5 @@ class StubEvaluator:
         latency = None if self.latency_table is None else float(self.latency_table.estimate(kept))
         return EpisodeOutcome(map50_95=self.map_of(kept), flops=2.0 * cost.macs, params=float(cost.params),
                               full_flops=2.0 * self._full.macs, full_params=float(self._full.params),
-                              latency_ms=latency, full_latency_ms=self._full_latency)
+                              latency_ms=latency, full_latency_ms=self._full_latency,
+                              recover_loss=self.damage(kept))

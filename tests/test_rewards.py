@@ -11,9 +11,9 @@ from amc.errors import ConfigError
 from amc.reward.functions import REWARDS, EpisodeOutcome, make_reward
 
 
-def outcome(map_=0.5, flops=1e9, params=1e6, latency=10.0, full_latency=20.0) -> EpisodeOutcome:
+def outcome(map_=0.5, flops=1e9, params=1e6, latency=10.0, full_latency=20.0, loss=0.3) -> EpisodeOutcome:
     return EpisodeOutcome(map50_95=map_, flops=flops, params=params, full_flops=2e9, full_params=2e6,
-                          latency_ms=latency, full_latency_ms=full_latency)
+                          latency_ms=latency, full_latency_ms=full_latency, recover_loss=loss)
 
 
 def test_values():
@@ -25,11 +25,15 @@ def test_values():
     assert r(outcome(0.4, latency=5.0)).value == pytest.approx(0.4 * 0.5 ** -0.07)
     assert r(outcome(0.4, latency=20.0)).value == pytest.approx(0.4 * 2.0 ** -1.0)
     assert make_reward("latency", target_ms=8.0)(outcome(0.4, latency=8.0)).value == pytest.approx(0.4)
+    assert make_reward("recovery")(outcome(0.4, loss=0.25)).value == pytest.approx(-0.25)
 
 
 def test_ordering():
     for name in REWARDS:
         r = make_reward(name)
+        if r.needs_recovery:  # graded by the loss left after the recovery steps, not by the mAP
+            assert r(outcome(0.5, loss=0.2)).value > r(outcome(0.6, loss=0.3)).value
+            continue
         assert r(outcome(0.6)).value > r(outcome(0.5)).value, name  # more accurate is better at equal cost
     r = make_reward("error_log_flops")
     assert r(outcome(0.5, flops=1e8)).value > r(outcome(0.5, flops=1e9)).value  # cheaper is better
@@ -39,11 +43,11 @@ def test_ordering():
 
 @pytest.mark.parametrize("name", sorted(REWARDS))
 @pytest.mark.parametrize("broken", [dict(map_=float("nan")), dict(flops=float("inf")), dict(map_=None),
-                                    dict(latency=float("nan"))])
+                                    dict(latency=float("nan")), dict(loss=float("nan")), dict(loss=None)])
 def test_non_finite_becomes_a_logged_penalty(name, broken, caplog):
     r = make_reward(name, penalty=-3.0)
-    if "latency" in broken and not r.needs_latency:
-        assert not r(outcome(**broken)).penalized  # latency is not an input of this reward
+    if ("latency" in broken and not r.needs_latency) or ("loss" in broken and not r.needs_recovery):
+        assert not r(outcome(**broken)).penalized  # not an input of this reward
         return
     with caplog.at_level(logging.WARNING):
         result = r(outcome(**broken))

@@ -72,6 +72,19 @@ def test_stub_search_writes_everything_and_meets_the_budget(tmp_path: Path) -> N
     assert (out / "reward_curves.svg").read_text().startswith("<svg")
 
 
+def test_recovery_reward_is_minus_the_logged_recovery_loss(tmp_path: Path) -> None:
+    """reward=recovery: every episode's reward is minus its recover_loss (the stub's damage), logged with it."""
+    out = tmp_path / "run"
+    run = amc_search(f"hydra.run.dir={out}", *STUB, "reward=recovery", "episodes=5", "agent.warmup=2",
+                     "budget.flops=0.5", "final.export_model=false", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    log = episodes(out)
+    assert len(log) == 5 and len({e["recover_loss"] for e in log}) == 5
+    for e in log:
+        assert e["recover_loss"] > 0 and e["reward"] == pytest.approx(-e["recover_loss"])
+    assert json.loads((out / "results.json").read_text())["best_reward"] == max(e["reward"] for e in log)
+
+
 def test_same_seed_same_policies_and_other_seed_differs(tmp_path: Path) -> None:
     args = (*STUB, "episodes=6", "agent.warmup=2", "final.export_model=false")
     runs = {}
@@ -139,6 +152,7 @@ def test_multirun_sweep_with_the_submitit_local_launcher(tmp_path: Path) -> None
     (["model=yolov7-tiny", "evaluator=proxy"], "classes"),  # 80 classes against the demo's 3
     (["episodes=0"], "episodes must be"),
     (["ratio_bounds=[0.5,0.2]"], "ratio_bounds"),
+    (["reward=recovery", "evaluator=proxy"], "evaluator.proxy.recover_steps > 0"),  # no recovery steps to grade
 ])
 def test_bad_input_is_one_line_before_the_search(tmp_path: Path, overrides: list[str], message: str) -> None:
     out = tmp_path / "run"

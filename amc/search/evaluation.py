@@ -20,9 +20,9 @@ from amc.reward.proxy import ProxyEvaluator, ProxyResult
 
 
 def policy_outcome(space: PruningSpace, ratios: Sequence[float], map50_95: float,
-                   latency_table: LatencyTable | None = None) -> EpisodeOutcome:
-    """The outcome of ``ratios`` scored ``map50_95``: FLOPs (2 x MACs) and params counted on the space, and with a
-    table the estimated latency, each with the unpruned model's figure."""
+                   latency_table: LatencyTable | None = None, recover_loss: float | None = None) -> EpisodeOutcome:
+    """The outcome of ``ratios`` scored ``map50_95`` (and ``recover_loss``): FLOPs (2 x MACs) and params counted
+    on the space, and with a table the estimated latency, each with the unpruned model's figure."""
     kept = space.kept_channels(ratios)
     cost, full = space.cost(kept), space.full_cost
     latency = full_latency = None
@@ -31,7 +31,7 @@ def policy_outcome(space: PruningSpace, ratios: Sequence[float], map50_95: float
         full_latency = latency_table.estimate(space.full_widths)
     return EpisodeOutcome(map50_95=map50_95, flops=2.0 * cost.macs, params=float(cost.params),
                           full_flops=2.0 * full.macs, full_params=float(full.params), latency_ms=latency,
-                          full_latency_ms=full_latency)
+                          full_latency_ms=full_latency, recover_loss=recover_loss)
 
 
 class ProxyPolicyEvaluator:
@@ -52,7 +52,8 @@ class ProxyPolicyEvaluator:
     def __call__(self, ratios: np.ndarray) -> EpisodeOutcome:
         selection = self.criterion.select(self.space.kept_channels(ratios))
         self.last_result = result = self.proxy(selection)
-        return policy_outcome(self.space, ratios, result.map50_95, self.latency_table)
+        recover_loss = result.recover_loss if self.proxy.recovery.enabled else None
+        return policy_outcome(self.space, ratios, result.map50_95, self.latency_table, recover_loss)
 
     def unpruned_map(self) -> float:
         """Proxy mAP@0.5:0.95 of the unpruned model (same subset, same settings)."""

@@ -201,6 +201,10 @@ class SearchSetup:
         self.budget = Budget(s.budget_metric, s.budget_fraction)
         self.criterion = criterion
         self.evaluate = self._evaluator()
+        if reward.needs_recovery and getattr(getattr(self.evaluate, "proxy", None), "recovery", None) is not None \
+                and not self.evaluate.proxy.recovery.enabled:
+            raise ConfigError(f"reward={reward.name} scores the loss left after the proxy's recovery steps: "
+                              f"set evaluator.proxy.recover_steps > 0 (e.g. 30)")
         self.criterion_name = criterion.name
         self.env = PruningEnv(self.space, self.evaluate, reward, self.budget, ratio_bounds=s.ratio_bounds,
                               latency_table=self.latency_table)
@@ -370,6 +374,8 @@ class SearchRunner(SearchSetup):
         outcome, cost = info.get("outcome"), info.get("cost", {})
         record = {"episode": int(report.episode), "reward": float(report.reward), "penalized": bool(report.penalized),
                   "map50_95": None if outcome is None else float(outcome.map50_95),
+                  "recover_loss": None if outcome is None or outcome.recover_loss is None
+                  else float(outcome.recover_loss),
                   "flops_ratio": cost.get("flops_ratio"), "params_ratio": cost.get("params_ratio"),
                   "latency_ratio": cost.get("latency_ratio"), "phase": report.phase,
                   "seconds": float(report.seconds), "ratios": [float(r) for r in report.ratios]}

@@ -79,7 +79,8 @@ class SearchLog:
     def episode(self, record: dict[str, Any], agent_metrics: dict[str, float]) -> None:
         """Log one episode (``record`` holds ``episode``, ``reward``, ``best_reward``, ``map50_95``, cost ratios)."""
         step = int(record["episode"])
-        for key in ("reward", "best_reward", "map50_95", "flops_ratio", "params_ratio", "latency_ratio"):
+        for key in ("reward", "best_reward", "map50_95", "recover_loss", "flops_ratio", "params_ratio",
+                    "latency_ratio"):
             value = record.get(key)
             if value is not None and math.isfinite(value):
                 self.writer.add_scalar(f"search/{key}", value, step)
