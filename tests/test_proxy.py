@@ -137,6 +137,27 @@ def test_short_recovery_distils_a_copy_and_is_deterministic(demo):
     assert scores[12][1].map50_95 == twelve.map50_95  # same settings, same score (CPU)
 
 
+def test_episode_outcome_carries_the_recovery_loss_for_reward_recovery(demo):
+    """The search's evaluator hands the recovery loss to the reward (reward=recovery is minus it); None without steps."""
+    from amc.reward.functions import make_reward
+    from amc.search.evaluation import ProxyPolicyEvaluator
+
+    model, space, _, val, train = demo
+    criterion = make_criterion("l1")
+    criterion.prepare(model, space)
+    ratios = uniform_policy(space, 0.5).ratios
+    for steps in (0, 2):
+        evaluate = ProxyPolicyEvaluator(space, ProxyEvaluator(model, space, val, train,
+                                                              ProxySettings(recover_steps=steps, **SETTINGS)), criterion)
+        outcome = evaluate(ratios)
+        evaluate.close()
+        if steps == 0:
+            assert outcome.recover_loss is None and make_reward("recovery")(outcome).penalized
+        else:
+            assert outcome.recover_loss == evaluate.last_result.recover_loss > 0
+            assert make_reward("recovery")(outcome).value == -outcome.recover_loss
+
+
 def test_recovery_settings_are_checked():
     with pytest.raises(ConfigError, match="recover_steps"):
         ProxySettings(recover_steps=-1)
