@@ -1,9 +1,9 @@
-"""Does the recovery proxy's distillation loss rank policies like their fine-tuned mAP? (a dense reward candidate)
+"""Does the recovery proxy's distillation loss rank policies like their fine-tuned mAP? (what reward=recovery uses)
 
 At 30% FLOPs the recovery proxy's mAP is ~0 for most policies, so the search's reward is sparse. The loss left
 after the recovery steps (``ProxyResult.recover_loss``) grades every policy. This script re-scores the 12 policies
 of an ``amc-bench bench=fidelity`` run (the same policies: same config and seed) with the recovery proxy and prints
-Spearman's rho of its mAP and of minus its loss against the fine-tuned mAP that run measured.
+Spearman's rho of its mAP and of minus its loss (``reward=recovery``) against the fine-tuned mAP that run measured.
 
 Usage: python scripts/recovery_loss_fidelity.py docs/results/fidelity-recover-0.3/results.json [--steps 30]
 """
