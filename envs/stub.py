@@ -40,6 +40,8 @@ class StubEvaluator:
         calls: how many policies were evaluated.
     """
 
+    reports_recover_loss = True  # its damage stands in for the recovery loss (reward=recovery on the stub)
+
     def __init__(self, space: PruningSpace, seed: int = 0, full_map: float = 0.5, sharpness: float = 4.0,
                  latency_table: Any = None) -> None:
         self.space = space

@@ -52,8 +52,13 @@ class ProxyPolicyEvaluator:
     def __call__(self, ratios: np.ndarray) -> EpisodeOutcome:
         selection = self.criterion.select(self.space.kept_channels(ratios))
         self.last_result = result = self.proxy(selection)
-        recover_loss = result.recover_loss if self.proxy.recovery.enabled else None
+        recover_loss = result.recover_loss if self.reports_recover_loss else None
         return policy_outcome(self.space, ratios, result.map50_95, self.latency_table, recover_loss)
+
+    @property
+    def reports_recover_loss(self) -> bool:
+        """Whether outcomes carry ``recover_loss`` (the proxy runs recovery steps), as reward=recovery needs."""
+        return self.proxy.recovery.enabled
 
     def unpruned_map(self) -> float:
         """Proxy mAP@0.5:0.95 of the unpruned model (same subset, same settings)."""

@@ -201,8 +201,7 @@ class SearchSetup:
         self.budget = Budget(s.budget_metric, s.budget_fraction)
         self.criterion = criterion
         self.evaluate = self._evaluator()
-        if reward.needs_recovery and getattr(getattr(self.evaluate, "proxy", None), "recovery", None) is not None \
-                and not self.evaluate.proxy.recovery.enabled:
+        if reward.needs_recovery and not getattr(self.evaluate, "reports_recover_loss", False):
             raise ConfigError(f"reward={reward.name} scores the loss left after the proxy's recovery steps: "
                               f"set evaluator.proxy.recover_steps > 0 (e.g. 30)")
         self.criterion_name = criterion.name
