@@ -226,3 +226,27 @@ def test_compare_parallel_script_gives_the_single_bench_results(finished, tmp_pa
                          cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "2 of 2 processes failed" in bad.stderr
     assert not (tmp_path / "bad" / "results.json").exists()
+
+
+def test_search_learning_script_summarizes_each_search(tmp_path: Path) -> None:
+    """scripts/search_learning.py: best episode, first/last-window mean reward, per search (plain and gzip logs)."""
+    import gzip
+
+    rewards = {"ddpg": [-0.5, -0.6, -0.3, -0.2], "random": [-0.5, -0.4, -0.6, -0.5]}
+    for method, values in rewards.items():
+        search = tmp_path / "cells" / "flops-0.3" / method / "seed0" / "search"
+        search.mkdir(parents=True)
+        lines = "".join(json.dumps({"reward": r, "map50_95": -r / 10, "penalized": False}) + "\n" for r in values)
+        if method == "ddpg":
+            (search / "episodes.jsonl").write_text(lines)
+        else:
+            with gzip.open(search / "episodes.jsonl.gz", "wt") as f:
+                f.write(lines)
+    script = Path(__file__).parents[1] / "scripts" / "search_learning.py"
+    run = subprocess.run([sys.executable, str(script), str(tmp_path), "--window", "2"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    rows = {line.split()[1]: line.split() for line in run.stdout.splitlines()[1:]}
+    assert rows["ddpg"][3:8] == ["4", "4", "-0.2000", "-0.5500", "-0.2500"]
+    assert rows["random"][3:8] == ["4", "2", "-0.4000", "-0.4500", "-0.5500"]
+    empty = subprocess.run([sys.executable, str(script), str(tmp_path / "none")], capture_output=True, text=True)
+    assert empty.returncode != 0 and "no cells" in empty.stderr
