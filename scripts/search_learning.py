@@ -36,6 +36,9 @@ def main() -> None:
     for path in logs:
         budget, method, seed = path.parts[-5], path.parts[-4], path.parts[-3]
         episodes = [e for e in read_episodes(path) if not e.get("penalized")]
+        if not episodes:
+            print(f"{budget:10} {method:8} {seed[4:]:>4}  every episode penalized (see {path})")
+            continue
         rewards = [e["reward"] for e in episodes]
         best = max(range(len(episodes)), key=rewards.__getitem__)
         print(f"{budget:10} {method:8} {seed[4:]:>4} {len(episodes):>8} {best + 1:>7} {rewards[best]:>11.4f} "
