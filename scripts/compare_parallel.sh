@@ -5,7 +5,9 @@
 # Use it when a machine has cores (or a GPU) to spare: the cells are independent.
 #
 # Usage: bash scripts/compare_parallel.sh RUN_DIR [OVERRIDE ...]
-#   BUDGETS="0.3 0.5" SEEDS=2 THREADS=1   budgets, seeds 0..SEEDS-1, torch threads per process (defaults shown)
+#   BUDGETS="0.3 0.5" SEEDS=2 THREADS=1   budgets, seeds 0..SEEDS-1, torch threads per process (defaults shown;
+#                                         they replace the bench config's own budgets and seeds)
+#   BENCH=compare                         the bench config: compare, or its preset compare-recovery (conf/bench/)
 #   TIMEOUT=0                             seconds each process may run (0 = no limit); finished cells are kept
 #   PYTHON=python3                        the interpreter amc is installed in (e.g. .venv/bin/python)
 #   OVERRIDE: any amc-bench override, given to every process, e.g. bench.episodes=120
@@ -17,6 +19,7 @@ shift
 BUDGETS=${BUDGETS:-0.3 0.5}
 SEEDS=${SEEDS:-2}
 THREADS=${THREADS:-1}
+BENCH=${BENCH:-compare}
 PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=$THREADS
 source scripts/offline_wheels.sh  # wheels from .whl/ when the machine lacks the dependencies
@@ -26,7 +29,7 @@ mkdir -p "$RUN_DIR/logs"
 pids=()
 for budget in $BUDGETS; do
   for ((seed = 0; seed < SEEDS; seed++)); do
-    timeout "${TIMEOUT:-0}" "$PYTHON" -m amc.cli.bench bench=compare "bench.budgets=[$budget]" bench.seeds=1 "seed=$seed" \
+    timeout "${TIMEOUT:-0}" "$PYTHON" -m amc.cli.bench "bench=$BENCH" "bench.budgets=[$budget]" bench.seeds=1 "seed=$seed" \
       "bench.resume=$RUN_DIR" bench.search.progress=false "hydra.run.dir=$RUN_DIR/logs/$budget-seed$seed" "$@" \
       >"$RUN_DIR/logs/$budget-seed$seed.log" 2>&1 &
     pids+=($!)
@@ -39,5 +42,5 @@ if [ "$failed" -ne 0 ]; then  # the finished cells are kept: the same command ag
   exit 1
 fi
 list=$(echo "$BUDGETS" | tr ' ' ',')
-"$PYTHON" -m amc.cli.bench bench=compare "bench.budgets=[$list]" "bench.seeds=$SEEDS" seed=0 "bench.resume=$RUN_DIR" \
+"$PYTHON" -m amc.cli.bench "bench=$BENCH" "bench.budgets=[$list]" "bench.seeds=$SEEDS" seed=0 "bench.resume=$RUN_DIR" \
   "hydra.run.dir=$RUN_DIR/logs/table" "$@" 2>&1 | tee "$RUN_DIR/logs/table.log"

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
@@ -250,3 +251,59 @@ def test_search_learning_script_summarizes_each_search(tmp_path: Path) -> None:
     assert rows["random"][3:8] == ["4", "2", "-0.4000", "-0.4500", "-0.5500"]
     empty = subprocess.run([sys.executable, str(script), str(tmp_path / "none")], capture_output=True, text=True)
     assert empty.returncode != 0 and "no cells" in empty.stderr
+
+
+def test_compare_recovery_preset_has_the_settings_of_the_readme_table(tmp_path: Path) -> None:
+    """bench=compare-recovery composes every cell exactly as the run behind the README's 30% table: its cells'
+    fingerprints (search config, full-val and fine-tune settings) equal the shipped ones, so the preset
+    reproduces that table and resumes its cells."""
+    shipped = Path(__file__).parents[1] / "docs" / "results" / "compare-recovery-reward-0.3-120" / "cells" / "flops-0.3"
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = compose("bench", overrides=["bench=compare-recovery", "bench.seeds=2"])
+    assert cfg.bench.name == "compare" and list(cfg.bench.budgets) == [0.3] and cfg.bench.episodes == 120
+    bench = CompareBench(cfg, tmp_path / "run")
+    for (budget, method, seed), cell_cfg in bench.cfgs.items():
+        record = json.loads((shipped / method / f"seed{seed}.json").read_text())
+        assert (budget, record["seed"]) == ("0.3", seed)
+        assert record["fingerprint"] == bench._cell_fingerprint(cell_cfg), (method, seed)
+    # and a setting the table was not measured with does not pass for it
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        other = compose("bench", overrides=["bench=compare-recovery", "bench.seeds=1", "bench.finetune.epochs=2"])
+    other_bench = CompareBench(other, tmp_path / "other")
+    key = next(iter(other_bench.cfgs))
+    assert other_bench._cell_fingerprint(other_bench.cfgs[key]) != json.loads(
+        (shipped / key[1] / "seed0.json").read_text())["fingerprint"]
+
+
+def test_surrogate_agents_script_fits_the_logged_loss_and_runs_each_setting(tmp_path: Path) -> None:
+    """scripts/surrogate_agents.py: a known smooth loss of the ratios is fitted (high cross-validated R^2), every
+    setting is searched on it, and each search's exported loss is the surrogate's value of a policy it played."""
+    import gzip
+    import importlib.util
+
+    rng = np.random.default_rng(0)
+    weights = rng.uniform(0.0, 1.0, 55)
+    for method in ("ddpg", "random"):
+        search = tmp_path / "cells" / "flops-0.3" / method / "seed0" / "search"
+        search.mkdir(parents=True)
+        with gzip.open(search / "episodes.jsonl.gz", "wt") as f:
+            for k in range(100):
+                ratios = rng.uniform(0.0, 0.8, 55)
+                f.write(json.dumps({"ratios": ratios.tolist(), "recover_loss": 0.2 + float(weights @ ratios**2) / 55,
+                                    "penalized": False, "phase": "explore" if k >= 15 else "warmup"}) + "\n")
+    spec = importlib.util.spec_from_file_location("surrogate_agents",
+                                                  Path(__file__).parents[1] / "scripts" / "surrogate_agents.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main([str(tmp_path), "--seeds", "1", "--episodes", "4", "--noise", "0",
+                       "--variant", "short=agent.warmup=2", "--out", str(tmp_path / "out.json")])
+    assert out["fit"]["policies"] == 200 and out["fit"]["cv_r2"] > 0.9
+    assert list(out["settings"]) == ["random", "ddpg", "short"]
+    assert out["settings"]["short"]["overrides"][-1] == "agent.warmup=2"
+    for setting in out["settings"].values():
+        run = setting["runs"][0]
+        assert 0 <= run["best_episode"] < 4 and 0.2 <= run["best_loss"] <= 0.2 + 0.8**2
+    assert json.loads((tmp_path / "out.json").read_text())["settings"]["ddpg"]["best_loss_mean"] == \
+        out["settings"]["ddpg"]["best_loss_mean"]
+    with pytest.raises(SystemExit, match="scored policies"):
+        module.main([str(tmp_path / "none")])
