@@ -22,17 +22,18 @@ Usage:
         --variant lr_actor_1e-3=agent.lr_actor=0.001 --variant sigma_decay_0.99=agent.sigma_decay=0.99
 Each ``--variant NAME=OVERRIDE[,OVERRIDE...]`` adds amc-search overrides to the DDPG agent of
 ``bench=compare-recovery`` (conf/bench/compare-recovery.yaml); ``random`` (random search) and ``ddpg`` (that agent
-as is) always run. Writes ``--out`` (JSON) when given.
+as is) always run. ``--jobs N`` runs N searches at once (one process each, same results). Writes ``--out``
+(JSON) when given.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,7 @@ def fit_report(ratios: np.ndarray, loss: np.ndarray, explored: np.ndarray, lam: 
 
 # ---------------------------------------------------------------------------------------------- the searches
 def surrogate_search(agent_overrides: Sequence[str], seed: int, budget: str, episodes: int,
-                     surrogate: Callable[[np.ndarray], np.ndarray], noise: float) -> dict[str, float]:
+                     surrogate: RidgeSurrogate, noise: float) -> dict[str, float]:
     """One search on the pruning environment whose evaluator returns the surrogate loss (+ noise)."""
     from hydra import compose, initialize_config_module
 
@@ -118,6 +119,9 @@ def surrogate_search(agent_overrides: Sequence[str], seed: int, budget: str, epi
                                            f"seed={seed}", f"episodes={episodes}", *agent_overrides])
     setup = SearchSetup(cfg, Path("."))
     setup.build_env()
+    if surrogate.features(np.zeros(setup.env.n_units)).shape[1] != surrogate.mean_x.size:
+        raise SystemExit(f"the runs' policies do not have the demo model's {setup.env.n_units} units: this script "
+                         f"searches the demo model (conf/search.yaml's model)")
     stub, draws = setup.env.evaluate, np.random.default_rng(10_000 + seed)
 
     def evaluate(ratios: np.ndarray):  # noqa: ANN202 (an EpisodeOutcome)
@@ -159,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--ridge", type=float, default=0.1, help="ridge penalty of the fit")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE[,OVERRIDE...]",
                         help="a DDPG setting: overrides added to bench=compare-recovery's DDPG agent")
+    parser.add_argument("--jobs", type=int, default=1, help="searches run at once, one process each")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args(argv)
     ratios, loss, explored = load_scored_policies(args.run_dirs, args.budget)
@@ -172,11 +177,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
         if not name or not overrides:
             raise SystemExit(f"--variant {variant!r}: write NAME=OVERRIDE[,OVERRIDE...]")
         settings[name] = ddpg + overrides.split(",")
+    tasks = [(overrides, seed, args.budget, args.episodes, surrogate, args.noise)
+             for overrides in settings.values() for seed in range(args.seeds)]
+    if args.jobs > 1:  # every search is seeded and independent: processes change no result, only the wall time
+        with ProcessPoolExecutor(args.jobs) as pool:
+            done = list(pool.map(surrogate_search, *zip(*tasks)))
+    else:
+        done = [surrogate_search(*task) for task in tasks]
     results: dict[str, dict] = {}
     print(f"{'setting':18} {'exported loss mean ± std':>25} {'worst':>7} {'last-15 loss':>12}   per seed")
-    for name, overrides in settings.items():
-        runs = [surrogate_search(overrides, seed, args.budget, args.episodes, surrogate, args.noise)
-                for seed in range(args.seeds)]
+    for k, (name, overrides) in enumerate(settings.items()):
+        runs = done[k * args.seeds:(k + 1) * args.seeds]
         best = np.array([r["best_loss"] for r in runs])
         last = np.array([r["last15_loss"] for r in runs])
         results[name] = {"overrides": overrides, "best_loss_mean": float(best.mean()), "best_loss_std": float(best.std()),

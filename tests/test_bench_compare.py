@@ -275,7 +275,8 @@ def test_compare_recovery_preset_has_the_settings_of_the_readme_table(tmp_path: 
         (shipped / key[1] / "seed0.json").read_text())["fingerprint"]
 
 
-def test_surrogate_agents_script_fits_the_logged_loss_and_runs_each_setting(tmp_path: Path) -> None:
+def test_surrogate_agents_script_fits_the_logged_loss_and_runs_each_setting(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """scripts/surrogate_agents.py: a known smooth loss of the ratios is fitted (high cross-validated R^2), every
     setting is searched on it, and each search's exported loss is the surrogate's value of a policy it played."""
     import gzip
@@ -294,6 +295,7 @@ def test_surrogate_agents_script_fits_the_logged_loss_and_runs_each_setting(tmp_
     spec = importlib.util.spec_from_file_location("surrogate_agents",
                                                   Path(__file__).parents[1] / "scripts" / "surrogate_agents.py")
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "surrogate_agents", module)  # worker processes find its functions by name
     spec.loader.exec_module(module)
     out = module.main([str(tmp_path), "--seeds", "1", "--episodes", "4", "--noise", "0",
                        "--variant", "short=agent.warmup=2", "--out", str(tmp_path / "out.json")])
@@ -305,5 +307,9 @@ def test_surrogate_agents_script_fits_the_logged_loss_and_runs_each_setting(tmp_
         assert 0 <= run["best_episode"] < 4 and 0.2 <= run["best_loss"] <= 0.2 + 0.8**2
     assert json.loads((tmp_path / "out.json").read_text())["settings"]["ddpg"]["best_loss_mean"] == \
         out["settings"]["ddpg"]["best_loss_mean"]
+    # searches in parallel processes give the same results
+    parallel = module.main([str(tmp_path), "--seeds", "1", "--episodes", "4", "--noise", "0", "--jobs", "2"])
+    for name in ("random", "ddpg"):
+        assert parallel["settings"][name]["runs"][0]["best_loss"] == out["settings"][name]["runs"][0]["best_loss"]
     with pytest.raises(SystemExit, match="scored policies"):
         module.main([str(tmp_path / "none")])
