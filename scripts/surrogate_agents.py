@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
 import sys
 import time
 from collections.abc import Sequence
@@ -180,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     tasks = [(overrides, seed, args.budget, args.episodes, surrogate, args.noise)
              for overrides in settings.values() for seed in range(args.seeds)]
     if args.jobs > 1:  # every search is seeded and independent: processes change no result, only the wall time
-        with ProcessPoolExecutor(args.jobs) as pool:
+        # spawned, not forked: a fork of a process whose torch threads hold locks can hang
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             done = list(pool.map(surrogate_search, *zip(*tasks)))
     else:
         done = [surrogate_search(*task) for task in tasks]
