@@ -43,6 +43,8 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # amc, agents, envs, conf of this checkout; search_learning beside it
 from search_learning import read_episodes  # noqa: E402
 
+from amc.reward.benchmarks import spearman  # noqa: E402
+
 
 # ---------------------------------------------------------------------------------------------- the surrogate
 def load_scored_policies(run_dirs: Sequence[Path], budget: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -71,6 +73,7 @@ class RidgeSurrogate:
 
     def __init__(self, ratios: np.ndarray, loss: np.ndarray, lam: float) -> None:
         features = self.features(ratios)
+        self.n_units = ratios.shape[1]
         self.mean_x, self.mean_y = features.mean(0), float(loss.mean())
         x = features - self.mean_x
         self.w = np.linalg.solve(x.T @ x + lam * np.eye(x.shape[1]), x.T @ (loss - self.mean_y))
@@ -84,11 +87,6 @@ class RidgeSurrogate:
         return (self.features(ratios) - self.mean_x) @ self.w + self.mean_y
 
 
-def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rho (no ties expected in continuous losses)."""
-    return float(np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1])
-
-
 def fit_report(ratios: np.ndarray, loss: np.ndarray, explored: np.ndarray, lam: float) -> dict[str, float]:
     """5-fold cross-validated R^2, rho and residual std; and the fit without DDPG's explored policies, on them."""
     order = np.random.default_rng(0).permutation(len(loss))
@@ -98,10 +96,10 @@ def fit_report(ratios: np.ndarray, loss: np.ndarray, explored: np.ndarray, lam: 
         predicted[fold] = RidgeSurrogate(ratios[train], loss[train], lam)(ratios[fold])
     residual = predicted - loss
     report = {"policies": int(len(loss)), "cv_r2": float(1 - (residual**2).sum() / ((loss - loss.mean())**2).sum()),
-              "cv_rho": rank_correlation(predicted, loss), "cv_residual_std": float(residual.std())}
+              "cv_rho": spearman(predicted, loss), "cv_residual_std": float(residual.std())}
     if explored.sum() >= 10 and (~explored).sum() >= 20:
         held_out = RidgeSurrogate(ratios[~explored], loss[~explored], lam)(ratios[explored])
-        report.update(ddpg_explored=int(explored.sum()), ddpg_explored_rho=rank_correlation(held_out, loss[explored]))
+        report.update(ddpg_explored=int(explored.sum()), ddpg_explored_rho=spearman(held_out, loss[explored]))
     return report
 
 
@@ -120,7 +118,7 @@ def surrogate_search(agent_overrides: Sequence[str], seed: int, budget: str, epi
                                            f"seed={seed}", f"episodes={episodes}", *agent_overrides])
     setup = SearchSetup(cfg, Path("."))
     setup.build_env()
-    if surrogate.features(np.zeros(setup.env.n_units)).shape[1] != surrogate.mean_x.size:
+    if setup.env.n_units != surrogate.n_units:
         raise SystemExit(f"the runs' policies do not have the demo model's {setup.env.n_units} units: this script "
                          f"searches the demo model (conf/search.yaml's model)")
     stub, draws = setup.env.evaluate, np.random.default_rng(10_000 + seed)
