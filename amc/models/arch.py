@@ -44,6 +44,24 @@ _ACT_PATTERN = re.compile(r"^\s*(?:torch\.)?(?:nn\.)?(\w+)\s*\((.*)\)\s*$")
 
 ARCH_FORMAT = "amc-yolov7-arch/1"
 
+# Bounds on every size a cfg or architecture file declares, checked before any module is built: believed, a
+# width of 10^9 has torch allocate hundreds of GB, and a kernel, stride, repeat count or upsampling factor in the
+# thousands as much. Each bound is far above any YOLOv7 (widest layer 1280 channels, kernels up to 13 (SPP
+# pools), 2x upsampling, 80 classes, 3 anchors per level, multipliers 0.25 to 1.25 across the YOLO family),
+# so no real model comes near one; the model's total size is bounded separately (amc.models.io).
+#: Channels of any layer, and input image channels.
+MAX_CHANNELS = 65536
+#: ``width_multiple`` and ``depth_multiple`` lie in (0, MAX_MULTIPLE].
+MAX_MULTIPLE = 16.0
+#: Class count: 1 to MAX_CLASSES.
+MAX_CLASSES = 100_000
+#: Kernel sizes, paddings, strides, pooling windows and upsampling factors.
+MAX_KERNEL = 64
+#: Copies of a repeated layer (a cfg row's ``number``, and ``number x depth_multiple``).
+MAX_REPEATS = 64
+#: Anchors per detection level.
+MAX_ANCHORS = 64
+
 
 @dataclass
 class LayerSpec:
@@ -127,7 +145,7 @@ class Architecture:
             arch = cls(nc=int(data["nc"]), anchors=[list(map(float, a)) for a in data["anchors"]],
                        layers=layers, ch=int(data.get("ch", 3)))
             validate(arch, source)
-        except (KeyError, TypeError, ValueError, IndexError) as e:
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as e:
             raise ConfigError(f"{source}: malformed amc architecture ({type(e).__name__}: {e})") from None
         return arch
 
@@ -214,7 +232,7 @@ def _literal(value: Any, nc: int, anchors: Any) -> Any:
         return None
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, RecursionError):  # RecursionError: a hostile "[[[[...]]]]"
         return text  # e.g. 'nearest', or an activation expression handled by its module
 
 
@@ -225,8 +243,8 @@ def _resolve_row(i: int, row: Any, d: dict[str, Any], ch: list[int], where: str)
     f, n, name, args = row
     if not (isinstance(f, int) or (isinstance(f, list) and f and all(isinstance(x, int) for x in f))):
         raise ConfigError(f"{where}: layer {i} has an invalid 'from' {f!r} (an int or a list of ints)")
-    if not isinstance(n, int) or n < 1:
-        raise ConfigError(f"{where}: layer {i} has an invalid repeat number {n!r}")
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_REPEATS:
+        raise ConfigError(f"{where}: layer {i} has an invalid repeat number {n!r} (an int from 1 to {MAX_REPEATS})")
     if not isinstance(args, list):
         raise ConfigError(f"{where}: layer {i} args must be a list, got {args!r}")
     module = str(name).removeprefix("nn.")
@@ -248,7 +266,7 @@ def _resolve_row(i: int, row: Any, d: dict[str, Any], ch: list[int], where: str)
                           f"(only {', '.join(REPEATABLE_MODULES)} repeat)")
     try:
         spec = _module_args(module, a, c_in, nc, na, gw)
-    except (IndexError, TypeError, ValueError) as e:
+    except (IndexError, TypeError, ValueError, OverflowError) as e:  # OverflowError: int(inf), 1e400 * gw
         raise ConfigError(f"{where}: layer {i} ({name}) has malformed args {args!r}: {e}") from None
     if repeats > 1 and module in REPEATABLE_MODULES:  # DownC and SPPCSPC take n as an unused argument
         spec["n"] = repeats
@@ -313,6 +331,12 @@ def parse_cfg(cfg: dict[str, Any], source: str = "cfg", nc: int | None = None) -
     d = dict(cfg)
     if nc is not None:
         d["nc"] = nc
+    # Checked first: every width and repeat count below is scaled by these.
+    d["nc"] = _bounded(d["nc"], "'nc'", 1, MAX_CLASSES, source, integer=True)
+    for key in ("width_multiple", "depth_multiple"):
+        d[key] = _bounded(d.get(key, 1.0), f"'{key}'", 0, MAX_MULTIPLE, source, open_low=True)
+    if "ch" in d:
+        d["ch"] = _bounded(d["ch"], "'ch'", 1, MAX_CHANNELS, source, integer=True)
     anchors = d["anchors"]
     if isinstance(anchors, int):
         raise ConfigError(f"{source}: anchors given as a count need autoanchor, which amc does not run; list them")
@@ -327,14 +351,85 @@ def parse_cfg(cfg: dict[str, Any], source: str = "cfg", nc: int | None = None) -
         if i == 0:
             ch = []  # the official index space: ch[j] is layer j's width from here on
         ch.append(c2)
-    arch = Architecture(nc=int(d["nc"]), anchors=[[float(x) for x in r] for r in anchors], layers=layers,
-                        ch=int(d.get("ch", 3)))
+    try:
+        pixels = [[float(x) for x in r] for r in anchors]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: 'anchors' must hold numbers (anchor sizes in pixels)") from None
+    arch = Architecture(nc=int(d["nc"]), anchors=pixels, layers=layers, ch=int(d.get("ch", 3)))
     validate(arch, source)
     return arch
 
 
+def _bounded(value: Any, what: str, low: float, high: float, source: str, integer: bool = False,
+             open_low: bool = False) -> Any:
+    """``value`` as an int (``integer``) or float within ``[low, high]`` (``(low, high]`` if ``open_low``).
+
+    ``what`` names the value in the error (``'nc'``, ``layer 3 (Conv) 'k'``). Numeric strings count (YAML 1.1
+    reads ``1e5`` as a string); booleans, NaN and anything else do not.
+    """
+    kind = "an integer" if integer else "a number"
+    bounds = f"{'(' if open_low else '['}{low:g}, {high:g}]"
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError
+        number: int | float = value if isinstance(value, int) else float(value)  # an int of any size stays exact
+        if integer and isinstance(number, float):
+            if not number.is_integer():  # also inf and NaN
+                raise ValueError
+            number = int(number)
+    except ValueError:
+        raise ConfigError(f"{source}: {what} must be {kind} in {bounds}, got {value!r}") from None
+    if not (low < number if open_low else low <= number) or not number <= high:  # NaN fails both
+        raise ConfigError(f"{source}: {what} must be {kind} in {bounds}, got {value!r}")
+    return number
+
+
+#: Integer arguments per module and their bounds (``n``: repeats, any module; see :func:`_check_sizes`).
+_INT_ARGS: dict[str, dict[str, tuple[int, int]]] = {
+    "Conv": {"k": (1, MAX_KERNEL), "s": (1, MAX_KERNEL), "g": (1, MAX_CHANNELS)},
+    "RepConv": {"s": (1, MAX_KERNEL)},
+    "DownC": {"k": (1, MAX_KERNEL)},
+    "MP": {"k": (1, MAX_KERNEL)},
+    "SP": {"k": (1, MAX_KERNEL), "s": (1, MAX_KERNEL)},
+}
+
+
+def _check_sizes(arch: Architecture, source: str) -> None:
+    """Every size ``arch`` declares within the bounds above (before anything is computed from them)."""
+    _bounded(arch.nc, "'nc'", 1, MAX_CLASSES, source, integer=True)
+    _bounded(arch.ch, "'ch'", 1, MAX_CHANNELS, source, integer=True)
+    lengths = {len(row) for row in arch.anchors}
+    if len(lengths) != 1 or not 2 <= lengths.pop() <= 2 * MAX_ANCHORS:
+        raise ConfigError(f"{source}: every anchor row must list the same number (1 to {MAX_ANCHORS}) of w, h pairs")
+    bad = next((x for row in arch.anchors for x in row if not (math.isfinite(x) and x > 0)), None)
+    if bad is not None:
+        raise ConfigError(f"{source}: anchors must be positive sizes in pixels, got {bad}")
+    for i, layer in enumerate(arch.layers):
+        where, a = f"layer {i} ({layer.module})", layer.args
+        for key in WIDTH_KEYS.get(layer.module, ()):
+            value = a.get(key)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{source}: {where} needs an integer '{key}', got {value!r}")
+            _bounded(value, f"{where} '{key}'", 1, MAX_CHANNELS, source, integer=True)
+        bounds = {**_INT_ARGS.get(layer.module, {}), "n": (1, MAX_REPEATS)}
+        for key, (low, high) in bounds.items():
+            if key in a or (layer.module == "Conv" and key in ("k", "s")):  # Conv states k and s; others default
+                _bounded(a.get(key), f"{where} '{key}'", low, high, source, integer=True)
+        if layer.module == "Conv" and a.get("p") is not None:
+            _bounded(a["p"], f"{where} 'p'", 0, MAX_KERNEL, source, integer=True)
+        if layer.module == "SPPCSPC":
+            kernels = a.get("k", (5, 9, 13))
+            if not isinstance(kernels, (list, tuple)) or not kernels:
+                raise ConfigError(f"{source}: {where} needs a list of pooling sizes 'k', got {kernels!r}")
+            for k in kernels:
+                _bounded(k, f"{where} 'k'", 1, MAX_KERNEL, source, integer=True)
+        if layer.module == "Upsample":
+            _bounded(a.get("scale_factor"), f"{where} 'scale_factor'", 0, MAX_KERNEL, source, open_low=True)
+
+
 def validate(arch: Architecture, source: str) -> None:
-    """Check an architecture's graph: known modules, earlier inputs, matching shapes, a head at the end."""
+    """Check an architecture: sizes within bounds, known modules, earlier inputs, matching shapes, a head last."""
+    _check_sizes(arch, source)
     if not arch.layers or arch.head.module not in HEAD_MODULES:
         raise ConfigError(f"{source}: the last layer must be a detection head ({', '.join(HEAD_MODULES)})")
     nl = len(arch.anchors)
@@ -352,11 +447,6 @@ def validate(arch: Architecture, source: str) -> None:
     if n_in != expected:
         raise ConfigError(f"{source}: {head.module} reads {n_in} layers but there are {nl} anchor rows "
                           f"(expected {expected} inputs)")
-    for i, layer in enumerate(arch.layers):
-        for key in WIDTH_KEYS.get(layer.module, ()):
-            value = layer.args.get(key)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"{source}: layer {i} ({layer.module}) needs an integer '{key}', got {value!r}")
     channels = arch.channels()
     for i, layer in enumerate(arch.layers):
         ins = [arch.ch if j < 0 else channels[j] for j in layer.sources(i)]
@@ -368,6 +458,10 @@ def validate(arch: Architecture, source: str) -> None:
             raise ConfigError(f"{source}: layer {i} adds tensors of different widths {ins}")
         if any(c <= 0 for c in ins) or (layer.module not in HEAD_MODULES and channels[i] <= 0):
             raise ConfigError(f"{source}: layer {i} ({layer.module}) has an empty channel dimension")
+        g = layer.args.get("g", 1) if layer.module == "Conv" else 1
+        if ins[0] % g or channels[i] % g:  # torch refuses such a convolution, with a traceback
+            raise ConfigError(f"{source}: layer {i} (Conv) has {g} groups, which do not divide its widths "
+                              f"{ins[0]} -> {channels[i]}")
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -379,6 +473,10 @@ def read_yaml(path: str | Path) -> Any:
         return yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except RecursionError:  # PyYAML recurses per nesting level: a hostile "[[[[...]]]]"
+        raise ConfigError(f"{p}: YAML nested too deeply to be a model description") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file (expected YAML)") from None
 
 
 def load_cfg(path: str | Path, nc: int | None = None) -> Architecture:

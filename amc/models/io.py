@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,12 +22,24 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from amc.atomic import atomic_dir, complete_dir
 from amc.errors import CheckpointError, ConfigError
 from amc.models.arch import ARCH_FORMAT, Architecture, parse_cfg, read_yaml
+from amc.models.flops import count_architecture
 from amc.models.safe_pickle import read_official_checkpoint
 from amc.models.yolo import YOLOv7
 
 ARCH_FILE, WEIGHTS_FILE = "architecture.yaml", "weights.safetensors"
+
+# A model's size is checked against what backs it before any module is built (amc.models.arch bounds each
+# layer; these bound the whole), so a file that declares a huge model costs no more memory than its weights.
+#: An architecture (amc model, or an official checkpoint's cfg) may build at most this many times the values
+#: its weights hold: a fused model is built unfused first (RepConv's 1x1 branch and BatchNorms add ~15%).
+MAX_PARAMETERS_PER_WEIGHT = 2
+#: Parameters of a model built from a cfg alone (no weights to measure it by): 4 GB of fp32 weights, 6x
+#: yolov7-e6e (151 M), the largest YOLOv7. Within every per-layer bound a cfg can still ask for far more (all
+#: widths x16 is 256x the parameters).
+MAX_CFG_PARAMETERS = 1_000_000_000
 
 
 def official_cfg_dir() -> Path:
@@ -59,10 +69,19 @@ def packaged(name: str) -> Path | None:
 
 
 def resolve_path(source: str | os.PathLike[str]) -> Path:
-    """A user path, else the name of a model shipped with amc (see :func:`packaged`)."""
+    """A user path, else the name of a model shipped with amc (see :func:`packaged`).
+
+    An amc model folder being replaced by :func:`save_model` on a filesystem without atomic folder swaps may
+    be missing for an instant (or, after a kill at that instant, until the next save): its complete previous
+    version is then read (``<folder>.old``, see :func:`amc.atomic.complete_dir`).
+    """
     p = Path(source).expanduser()
     if p.exists():
         return p
+    folder, inner = (p.parent, p.name) if p.name in (ARCH_FILE, WEIGHTS_FILE) else (p, None)
+    complete = complete_dir(folder)
+    if complete is not None and (complete / ARCH_FILE).is_file():
+        return complete / inner if inner else complete
     candidate = packaged(str(source))
     if candidate is not None:
         return candidate
@@ -116,6 +135,10 @@ def _load_cfg(p: Path, overrides: dict[str, Any]) -> YOLOv7:
     if isinstance(cfg, dict):
         cfg = {**cfg, **{k: v for k, v in overrides.items() if k != "nc" and v is not None}}
     arch = parse_cfg(cfg, source=str(p), nc=overrides["nc"])
+    params = _parameters(arch)
+    if params > MAX_CFG_PARAMETERS:
+        raise ConfigError(f"{p}: this cfg builds {params:,} parameters, more than the {MAX_CFG_PARAMETERS:,} amc "
+                          "builds from a cfg (the largest YOLOv7 has 151 M): check its widths and multipliers")
     torch.manual_seed(0)  # a cfg alone gives the same initial weights every time
     return YOLOv7(arch)
 
@@ -123,6 +146,7 @@ def _load_cfg(p: Path, overrides: dict[str, Any]) -> YOLOv7:
 def _load_official(p: Path) -> YOLOv7:
     ckpt = read_official_checkpoint(p)
     arch = parse_cfg(ckpt.cfg, source=f"{p} (its embedded cfg)")
+    _check_backed(arch, ckpt.state_dict, f"{p}: its embedded cfg", "the checkpoint")
     names = list(ckpt.names)
     if len(names) != arch.nc:
         names = [str(i) for i in range(arch.nc)]
@@ -150,12 +174,26 @@ def _load_amc(folder: Path) -> YOLOv7:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from None
+    _check_backed(arch, state, str(folder / ARCH_FILE), WEIGHTS_FILE)
     names = meta.get("names")
     model = YOLOv7(arch, names if isinstance(names, list) and len(names) == arch.nc else None, initialize=False)
     if meta.get("fused"):
         model.fuse()
     load_weights(model, state, str(weights))
     return model
+
+
+def _parameters(arch: Architecture) -> int:
+    """Parameters of the unfused model ``arch`` builds, counted without building it."""
+    return count_architecture(arch, 64).params
+
+
+def _check_backed(arch: Architecture, state: dict[str, torch.Tensor], what: str, weights: str) -> None:
+    """Refuse, before building it, an architecture far larger than the weights meant to fill it."""
+    params, held = _parameters(arch), sum(t.numel() for t in state.values())
+    if params > MAX_PARAMETERS_PER_WEIGHT * held:
+        raise CheckpointError(f"{what} declares {params:,} parameters but {weights} holds {held:,} values: "
+                              "the architecture does not describe these weights (corrupt or tampered)")
 
 
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -180,8 +218,9 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
 def save_model(model: YOLOv7, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
     """Save ``model`` as an amc model folder (architecture YAML + safetensors), atomically.
 
-    The folder is written under a temporary name and renamed into place, so a killed run never leaves a
-    half-written model, and an existing model at ``path`` is replaced only once the new one is complete.
+    The folder is written under a temporary name and swapped into place (:func:`amc.atomic.atomic_dir`), so a
+    killed run never leaves a half-written model, and an existing model at ``path`` is replaced only once the
+    new one is complete: :func:`load_model` finds the old or the new complete model at ``path`` at any instant.
 
     Args:
         model: the model (any widths, fused or not).
@@ -189,24 +228,13 @@ def save_model(model: YOLOv7, path: str | os.PathLike[str], extra: dict[str, Any
         extra: more readable metadata to store in ``architecture.yaml`` (e.g. the policy that produced it).
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     meta = {"amc_model": 1, "names": list(model.names), "fused": bool(model.fused),
             "architecture": model.arch.to_dict(), **(extra or {})}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         state = {k: v.detach().float().contiguous().cpu() if v.is_floating_point() else v.detach().contiguous().cpu()
                  for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE))
         (tmp / ARCH_FILE).write_text(_dump_yaml(meta))
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

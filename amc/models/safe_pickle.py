@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import collections
+import math
 import pickle
 import re
 import zipfile
@@ -23,11 +24,21 @@ import torch
 from amc.errors import AmcError, CheckpointError, UnsafeCheckpointError
 
 __all__ = [
+    "MAX_EXPANSION",
     "OfficialCheckpoint",
     "PickledRecord",
     "load_pickled_checkpoint",
     "read_official_checkpoint",
+    "unpack_limit",
 ]
+
+#: How many bytes a checkpoint may unpack into per byte of archive: the sizes its zip entries declare, and again
+#: the tensors rebuilt from them. ``torch.save`` stores entries uncompressed (1x); a re-zipped (deflated) checkpoint
+#: of float weights inflates under 2x, even one of 95%-zero pruned weights about 14x. A zip bomb declares ~1000x
+#: (3 GiB in 3 MB): refused before a byte of it is inflated, so memory stays a small multiple of the file's size.
+MAX_EXPANSION = 32
+#: Allowance on top of that for tiny archives (a test's pickle of a few records), whatever their ratio.
+MIN_UNPACK_BYTES = 1 << 20
 
 # Legacy storage class names as torch.save writes them; newer torch may write a dtype object instead.
 _STORAGE_DTYPES: dict[str, torch.dtype] = {
@@ -131,21 +142,46 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+# ``torch._utils._rebuild_tensor_v2`` maps to the unpickler's own bounded wrapper (_SafeUnpickler._rebuild_tensor).
 _FUNCTIONS: dict[tuple[str, str], Callable[..., Any]] = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("_codecs", "encode"): _latin1_encode,
 }
 
 
-class _SafeUnpickler(pickle.Unpickler):
-    """Unpickles ``<prefix>/data.pkl`` of a torch zip checkpoint through the allow-list above."""
+def unpack_limit(archive_bytes: int) -> int:
+    """The most bytes a checkpoint of ``archive_bytes`` may unpack into (see :data:`MAX_EXPANSION`)."""
+    return MAX_EXPANSION * archive_bytes + MIN_UNPACK_BYTES
 
-    def __init__(self, archive: zipfile.ZipFile, prefix: str, path: Path) -> None:
+
+def _check_declared_sizes(archive: zipfile.ZipFile, path: Path) -> None:
+    """Refuse an archive whose entries declare more bytes than :func:`unpack_limit` allows, before reading any.
+
+    ``zipfile`` never returns more than an entry's declared size, so bounding the declared sizes bounds what
+    unpickling can read (the pickle stream included).
+    """
+    size = path.stat().st_size
+    declared = sum(info.file_size for info in archive.infolist())
+    if declared > unpack_limit(size):
+        raise CheckpointError(
+            f"{path}: its zip entries declare {declared:,} bytes in a {size:,}-byte file (over {MAX_EXPANSION}x): "
+            "refusing to unpack it (a zip bomb, or a corrupt archive)")
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickles ``<prefix>/data.pkl`` of a torch zip checkpoint through the allow-list above.
+
+    Every size the pickle declares is checked before memory is spent on it: a storage record's byte size must
+    equal what its zip entry declares, and the tensors rebuilt from storages may not add up to more than
+    ``limit`` bytes (a tensor record can declare any size over a one-element storage with stride 0).
+    """
+
+    def __init__(self, archive: zipfile.ZipFile, prefix: str, path: Path, limit: int) -> None:
         super().__init__(archive.open(f"{prefix}/data.pkl"))
         self._archive, self._prefix, self._path = archive, prefix, path
         self._storages: dict[str, torch.Tensor] = {}  # storages shared between tensors are read once
+        self._limit, self._rebuilt_bytes = limit, 0
 
     def find_class(self, module: str, name: str) -> Any:
         # Protocol-2 pickles use Python 2 names (__builtin__.eval, commands.Popen); judge and report the
@@ -164,6 +200,8 @@ class _SafeUnpickler(pickle.Unpickler):
                 return _StorageType(_STORAGE_DTYPES[name])
             if name in _TORCH_DTYPES:
                 return _TORCH_DTYPES[name]
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return self._rebuild_tensor
         if (module, name) in _FUNCTIONS:
             return _FUNCTIONS[(module, name)]
         if module in ("models", "utils") or module.startswith(_RECORD_PREFIXES) or (module, name) in _RECORD_NAMES:
@@ -181,24 +219,46 @@ class _SafeUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"bad storage record {pid!r}")
         key = str(key)
         if key not in self._storages:
-            data = self._archive.read(f"{self._prefix}/data/{key}")
+            name = f"{self._prefix}/data/{key}"
             nbytes = numel * torch.empty((), dtype=dtype).element_size()
-            if len(data) < nbytes:
+            declared = self._archive.getinfo(name).file_size
+            # torch.save writes each storage as exactly its bytes; any other declared size is a corrupt or
+            # tampered entry, refused before it is inflated.
+            if declared != nbytes:
+                raise CheckpointError(
+                    f"{self._path}: storage {key} declares {declared:,} bytes but its tensor record needs "
+                    f"{nbytes:,} ({numel:,} x {dtype}): a corrupt or tampered checkpoint")
+            data = self._archive.read(name)
+            if len(data) != nbytes:
                 raise pickle.UnpicklingError(f"storage {key} holds {len(data)} bytes, expected {nbytes}")
             # frombuffer refuses empty buffers; bytearray makes the tensor own writable memory.
-            self._storages[key] = (torch.frombuffer(bytearray(data[:nbytes]), dtype=dtype) if nbytes
+            self._storages[key] = (torch.frombuffer(bytearray(data), dtype=dtype) if nbytes
                                    else torch.empty(0, dtype=dtype))
         storage = self._storages[key]
         if storage.dtype != dtype:  # one storage viewed with two dtypes: not something torch.save writes
             raise pickle.UnpicklingError(f"storage {key} is used with dtypes {storage.dtype} and {dtype}")
         return storage
 
+    def _rebuild_tensor(self, storage: torch.Tensor, storage_offset: int, size: Any, *args: Any,
+                        **kwargs: Any) -> torch.Tensor:
+        """:func:`_rebuild_tensor_v2` once the copy it makes is known to fit in what is left of the limit."""
+        if not (isinstance(storage, torch.Tensor) and isinstance(size, (tuple, list))
+                and all(isinstance(n, int) and n >= 0 for n in size)):
+            raise pickle.UnpicklingError(f"bad tensor record: size {size!r} of a {type(storage).__name__}")
+        self._rebuilt_bytes += math.prod(size) * storage.element_size()
+        if self._rebuilt_bytes > self._limit:
+            raise CheckpointError(
+                f"{self._path}: its tensor records declare over {self._limit:,} bytes of tensors, more than "
+                f"{MAX_EXPANSION}x the file's size: a corrupt or tampered checkpoint")
+        return _rebuild_tensor_v2(storage, storage_offset, size, *args, **kwargs)
+
 
 def load_pickled_checkpoint(path: str | Path) -> Any:
     """Unpickle a ``torch.save`` zip archive safely.
 
     Returns the object tree: dicts, lists, tensors (CPU, their saved dtype) and :class:`PickledRecord` objects
-    for model classes. Raises :class:`CheckpointError` (or :class:`UnsafeCheckpointError`) naming ``path``.
+    for model classes. Raises :class:`CheckpointError` (or :class:`UnsafeCheckpointError`) naming ``path``,
+    also, before reading them, for sizes beyond :func:`unpack_limit` (zip bombs, tampered tensor records).
     """
     path = Path(path)
     if not path.is_file():
@@ -213,13 +273,14 @@ def load_pickled_checkpoint(path: str | Path) -> Any:
             if len(pickles) != 1:
                 raise CheckpointError(f"{path} is a zip archive but not a torch checkpoint (no single "
                                       "<name>/data.pkl): neither an official YOLOv7 checkpoint nor an amc model")
+            _check_declared_sizes(archive, path)
             prefix = pickles[0].rpartition("/")[0]
             if f"{prefix}/byteorder" in archive.namelist():
                 byteorder = archive.read(f"{prefix}/byteorder").decode(errors="replace").strip()
                 if byteorder != "little":
                     raise CheckpointError(f"{path} was saved on a {byteorder}-endian machine; amc reads "
                                           "little-endian checkpoints only")
-            return _SafeUnpickler(archive, prefix, path).load()
+            return _SafeUnpickler(archive, prefix, path, unpack_limit(path.stat().st_size)).load()
     except AmcError:
         raise
     except Exception as exc:  # a damaged stream can fail anywhere inside pickle, zipfile or torch
