@@ -136,7 +136,7 @@ def test_partial_run_resumes_without_redoing_finished_cells(finished, tmp_path, 
         assert path.read_text() == text
     # the resumed search played no episode again and gives the same best policy
     log = (cells / "ddpg" / "seed1" / "search" / "episodes.jsonl").read_text().splitlines()
-    assert [json.loads(line)["episode"] for line in log] == [0, 1, 2, 3]
+    assert [json.loads(line)["episode"] for line in log] == [1, 2, 3, 4]
     for method in METHODS:
         for metric in ("map_proxy", "map_full", "flops_ratio"):
             assert after["budgets"]["0.7"][method][metric] == pytest.approx(before["budgets"]["0.7"][method][metric])

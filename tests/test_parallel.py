@@ -125,7 +125,7 @@ def test_parallel_search_outputs_determinism_and_resume(tmp_path, monkeypatch):
         assert run.returncode == 0, run.stderr
         runs[name] = episodes(tmp_path / name)
     log = runs["a"]
-    assert [e["episode"] for e in log] == list(range(7))
+    assert [e["episode"] for e in log] == list(range(1, 8))  # numbered from 1, as on screen
     assert [e["phase"] for e in log] == ["warmup"] * 3 + ["explore"] * 4
     assert [e["ratios"] for e in runs["b"]] == [e["ratios"] for e in log]  # same seed, same workers
     assert all(e["flops_ratio"] <= 0.5 for e in log)  # every episode meets the budget
@@ -152,7 +152,7 @@ def test_parallel_search_outputs_determinism_and_resume(tmp_path, monkeypatch):
         assert json.loads((out / "checkpoint" / "state.json").read_text())["episodes_done"] == 4
         SearchRunner(load_resume_config(out), out).run()
         resumed = episodes(out)
-        assert [e["episode"] for e in resumed] == list(range(7))
+        assert [e["episode"] for e in resumed] == list(range(1, 8))
         assert [e["ratios"] for e in resumed] == [e["ratios"] for e in log]
 
 

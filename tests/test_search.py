@@ -21,6 +21,7 @@ import yaml
 from amc.models import load_model
 from amc.pruning.policy import Policy
 from amc.pruning.space import ChannelRounding, PruningSpace
+from amc.search.tracking import read_scalars
 
 STUB = ["evaluator=stub", "final.latency_runs=0", "progress=false"]
 
@@ -52,7 +53,7 @@ def test_stub_search_writes_everything_and_meets_the_budget(tmp_path: Path) -> N
         assert results[key] is not None, key
     assert results["episodes"] == 8 and results["flops_ratio"] <= 0.5
     log = episodes(out)
-    assert [e["episode"] for e in log] == list(range(8))
+    assert [e["episode"] for e in log] == list(range(1, 9))  # numbered from 1 in every file and on screen
     assert [e["phase"] for e in log] == ["warmup"] * 3 + ["explore"] * 5
     assert results["best_reward"] == max(e["reward"] for e in log)
     space = demo_space(out)
@@ -63,10 +64,15 @@ def test_stub_search_writes_everything_and_meets_the_budget(tmp_path: Path) -> N
     ratios = best.ratios_for(space)
     assert best.method == "search" and best.budget == {"flops": 0.5}
     assert best.metrics["reward"] == results["best_reward"]
-    assert np.allclose(ratios, log[results["best_episode"]]["ratios"])
+    assert best.metrics["episode"] == results["best_episode"] == json.loads((out / "metrics.json").read_text())[
+        "best_episode"]
+    assert np.allclose(ratios, log[results["best_episode"] - 1]["ratios"])
+    assert log[results["best_episode"] - 1]["episode"] == results["best_episode"]
+    assert f"best policy (episode {results['best_episode']})" in " ".join(run.stdout.split())
     pruned, _ = load_model(str(out / "model"))
     assert pruned.cost(256).macs == space.policy_cost(ratios).macs
     events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert read_scalars(out, ("search/reward",))["search/reward"][0] == list(range(1, 9))  # steps = episode numbers
     assert events and any((out / "tensorboard").glob("hparams/events.out.tfevents.*"))
     assert (out / "checkpoint" / "agent" / "agent.pt").is_file()
     assert (out / "reward_curves.svg").read_text().startswith("<svg")
@@ -128,7 +134,7 @@ def test_resume_after_kill_continues_exactly(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
     log, ref = episodes(out), episodes(tmp_path / "ref")
-    assert [e["episode"] for e in log] == list(range(24))  # each episode once, none lost, none twice
+    assert [e["episode"] for e in log] == list(range(1, 25))  # each episode once, none lost, none twice
     assert [e["ratios"] for e in log] == [e["ratios"] for e in ref]  # the same policies as without the kill
     results, ref_results = (json.loads((d / "results.json").read_text()) for d in (out, tmp_path / "ref"))
     assert results["best_reward"] == ref_results["best_reward"] >= best_before.metrics["reward"]

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -15,7 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from amc.errors import AmcError
+from amc.errors import AmcError, ConfigError
+
+if TYPE_CHECKING:
+    from amc.resume import ResumeRule
 
 console = Console()
 
@@ -34,13 +37,27 @@ if not OmegaConf.has_resolver("amc_run_dir"):
     OmegaConf.register_new_resolver("amc_run_dir", _run_dir_or)
 
 
-def amc_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
-    """Turn ``task(cfg)`` into a Hydra command; an :class:`AmcError` ends it with one line and exit code 2."""
+def amc_app(config_name: str, resume: ResumeRule | None = None
+            ) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+    """Turn ``task(cfg)`` into a Hydra command; an :class:`AmcError` ends it with one line and exit code 2.
+
+    Before Hydra starts, :func:`amc.cli.preflight.preflight` answers ``--help``, refuses unknown keys and bad
+    ``resume=`` command lines in one line, and locks the run directory; a job whose folder it could not lock
+    first (a multirun job) locks it when it starts, before the task runs. ``resume`` is the command's
+    :class:`~amc.resume.ResumeRule` when it can continue a run (``resume=<run dir>``).
+    """
 
     def wrap(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        from amc.cli.preflight import command_name
+
+        command = command_name(config_name)
+
         @functools.wraps(task)
         def guarded(cfg: DictConfig) -> Any:
+            from amc.runlock import lock_run_dir
+
             try:
+                lock_run_dir(run_dir(), command)  # already held when preflight locked it: nothing to do
                 return task(cfg)
             except AmcError as e:
                 print(f"error: {e}", file=sys.stderr)
@@ -53,9 +70,19 @@ def amc_app(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callabl
 
         @functools.wraps(task)
         def entry() -> Any:
-            problem = unknown_group_option(sys.argv[1:]) or unwritable_output_dir(sys.argv[1:])
-            if problem:
-                print(f"error: {problem}", file=sys.stderr)
+            from amc.cli.preflight import preflight
+
+            args = sys.argv[1:]
+            try:
+                problem = unknown_group_option(args) or unwritable_output_dir(args)
+                if problem:
+                    raise ConfigError(problem)
+                description = getattr(sys.modules.get(task.__module__), "__doc__", None)
+                groups = {**config_groups(), "hydra/launcher": launcher_options()}
+                # what Hydra must also be told: the run directory preflight locked, no .hydra/ rewrite on resume
+                sys.argv[1:] = [*args, *preflight(config_name, guarded, args, groups, resume, description)]
+            except AmcError as e:
+                print(f"error: {e}", file=sys.stderr)
                 sys.exit(2)
             return hydra_main()
 
@@ -90,6 +117,13 @@ def config_groups() -> dict[str, list[str]]:
     root = Path(conf.__file__).parent
     return {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in sorted(root.iterdir())
             if d.is_dir() and d.name not in ("hydra", "__pycache__")}
+
+
+def launcher_options() -> list[str]:
+    """The Hydra launchers amc ships (``hydra/launcher=<name>`` with ``-m``), besides Hydra's own ``basic``."""
+    import conf
+
+    return sorted(p.stem for p in (Path(conf.__file__).parent / "hydra" / "launcher").glob("*.yaml"))
 
 
 def unknown_group_option(args: Sequence[str]) -> str | None:

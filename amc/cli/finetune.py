@@ -29,10 +29,16 @@ from amc.atomic import atomic_write_json, atomic_write_text
 from amc.cli.app import (amc_app, config_number, console, load_data_from_config, load_model_from_config, plain,
                          print_table, rounding_from_config, run_dir)
 from amc.errors import ConfigError
+from amc.resume import ResumeRule, apply_changes, resume_changes, task_overrides
 
 CONFIG_FILE = "finetune_config.yaml"
 RUN_MARKER = "amc_finetune"
 START_DIR = "start"
+#: ``amc-finetune resume=DIR`` continues the run with its own settings (checked before Hydra starts, see
+#: amc.resume): the epochs already trained followed its schedule, data and distillation, and changing any of
+#: them halfway would train neither the old model nor the new one. Only these may differ:
+FINETUNE_RESUME = ResumeRule(command="amc-finetune", config_file=CONFIG_FILE, marker=RUN_MARKER,
+                             mutable={"progress": "display only"}, required=(START_DIR,))
 ADAPTER_INITS = ("lstsq", "random")
 
 
@@ -327,7 +333,7 @@ def load_resume(out: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- the command
-@amc_app("finetune")
+@amc_app("finetune", resume=FINETUNE_RESUME)
 def main(cfg: DictConfig) -> dict:
     return run_finetune(cfg, run_dir())
 
@@ -340,7 +346,9 @@ def run_finetune(cfg: DictConfig, out: Path) -> dict:
     record = None
     if resuming:
         record = load_resume(out)
-        cfg = OmegaConf.create(record["config"])  # the run continues with the config it started with
+        # the run continues with the config it started with (other differences were refused before Hydra started)
+        cfg = apply_changes(OmegaConf.create(record["config"]),
+                            resume_changes(FINETUNE_RESUME, cfg, task_overrides()))
     s = Settings.from_config(cfg)
     if cfg.get("run") and cfg.get("policy"):
         raise ConfigError("give run=<amc-search run directory> or policy=FILE, not both")

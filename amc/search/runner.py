@@ -36,12 +36,10 @@ from amc.atomic import atomic_dir, atomic_write_json, atomic_write_text, complet
 from amc.cli.app import (config_number, console, load_data_from_config, load_model_from_config, plain, print_table,
                          rounding_from_config)
 from amc.errors import ConfigError
+# defined beside the resume rules (no torch there); readers import them from here too
+from amc.search.resume import CHECKPOINT_DIR, CONFIG_FILE, RUN_MARKER  # noqa: F401
 
-CONFIG_FILE = "search_config.yaml"
-CHECKPOINT_DIR = "checkpoint"
 BEST_POLICY_FILE = "best_policy.yaml"
-RUN_MARKER = "amc_search"
-"""Key of ``search_config.yaml`` that marks a folder as an amc-search run directory."""
 
 
 # ---------------------------------------------------------------------------------------------- run directory
@@ -75,15 +73,22 @@ def load_resume_config(run_dir: Path) -> DictConfig:
 
 @dataclass
 class SearchState:
-    """What the runner itself must remember across a resume (the agent saves its own state)."""
+    """What the runner itself must remember across a resume (the agent saves its own state).
+
+    Episodes are numbered from 1 everywhere a user reads them: on screen, in ``episodes.jsonl``,
+    ``best_policy.yaml``, ``results.json`` / ``metrics.json`` and as TensorBoard steps. ``first_episode`` is the
+    number of a run's first episode: 1, or 0 in the checkpoint of a run started before the numbers were unified
+    (its files are renumbered when it is resumed, see :meth:`SearchRunner._build`).
+    """
 
     episodes_done: int = 0
     best_reward: float = -math.inf
-    best_episode: int = -1
+    best_episode: int = -1  # the best episode's number (from 1); -1: none yet
     best_ratios: list[float] | None = None
     best_metrics: dict[str, Any] = field(default_factory=dict)
     penalized: int = 0
     search_s: float = 0.0
+    first_episode: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -94,6 +99,7 @@ class SearchState:
     def from_dict(cls, d: dict[str, Any]) -> "SearchState":
         d = dict(d)
         d["best_reward"] = -math.inf if d.get("best_reward") is None else float(d["best_reward"])
+        d.setdefault("first_episode", 0)  # a checkpoint written before episode numbers started at 1
         return cls(**d)
 
 
@@ -311,10 +317,20 @@ class SearchRunner(SearchSetup):
         self.build_env()
         cfg, s = self.cfg, self.settings
         checkpoint = complete_dir(self.run_dir / CHECKPOINT_DIR) if self.resuming else None
+        self._zero_based = False  # resuming a run whose files number episodes from 0 (see SearchState)
         if checkpoint is not None:
             self.agent = SearchAgent.load(checkpoint / "agent", self.env)
             self.state = SearchState.from_dict(json.loads((checkpoint / "state.json").read_text()))
+            self._zero_based = self.state.first_episode == 0
+            if self._zero_based:  # a run started when files numbered episodes from 0: number them from 1 on
+                self.state.first_episode = 1
+                if self.state.best_episode >= 0:
+                    self.state.best_episode += 1
             self._adopt_exported_best()
+            if self._zero_based:  # renumber the files that hold episode numbers (episodes.jsonl: SearchLog)
+                if self.state.best_ratios is not None:
+                    self._write_best_policy()
+                atomic_write_text(checkpoint / "state.json", json.dumps(self.state.to_dict(), indent=2))
         else:
             self.agent = agent_from_config(plain(cfg.agent), self.env, s.seed)
         if not self.resuming:
@@ -328,9 +344,12 @@ class SearchRunner(SearchSetup):
 
         s = self.settings
         first = self.state.episodes_done
-        if self.resuming:
+        if self.resuming and first < s.episodes:
             console.print(f"resuming {self.run_dir} at episode {first + 1} of {s.episodes}")
-        self.log = SearchLog(self.run_dir, first, resuming=self.resuming)
+        elif self.resuming:
+            console.print(f"resuming {self.run_dir}: all {s.episodes} episodes were played, redoing the final "
+                          f"stage (a resume with episodes=N plays more)")
+        self.log = SearchLog(self.run_dir, first, resuming=self.resuming, zero_based=self._zero_based)
         console.print(f"search: {len(self.space)} units, budget {s.budget_metric} <= {s.budget_fraction:g}, "
                       f"agent {self.cfg.agent.name}, reward {self.cfg.reward.name}, {s.episodes} episodes")
         progress = Progress(TextColumn("episodes"), BarColumn(), MofNCompleteColumn(),
@@ -366,12 +385,13 @@ class SearchRunner(SearchSetup):
                 close()
 
     def _best_text(self) -> str:
-        return "-" if self.state.best_episode < 0 else f"{self.state.best_reward:.4f} (ep {self.state.best_episode + 1})"
+        return "-" if self.state.best_episode < 0 else f"{self.state.best_reward:.4f} (ep {self.state.best_episode})"
 
     def _on_episode(self, report) -> None:  # noqa: ANN001 (agents.base.EpisodeReport)
         info = report.info
         outcome, cost = info.get("outcome"), info.get("cost", {})
-        record = {"episode": int(report.episode), "reward": float(report.reward), "penalized": bool(report.penalized),
+        number = int(report.episode) + 1  # the agent counts from 0; files and screen number episodes from 1
+        record = {"episode": number, "reward": float(report.reward), "penalized": bool(report.penalized),
                   "map50_95": None if outcome is None else float(outcome.map50_95),
                   "recover_loss": None if outcome is None or outcome.recover_loss is None
                   else float(outcome.recover_loss),
@@ -381,7 +401,7 @@ class SearchRunner(SearchSetup):
         st = self.state
         st.penalized += int(report.penalized)
         if not report.penalized and report.reward > st.best_reward:
-            st.best_reward, st.best_episode = float(report.reward), int(report.episode)
+            st.best_reward, st.best_episode = float(report.reward), number
             st.best_ratios = [float(r) for r in report.ratios]
             st.best_metrics = {k: record[k] for k in ("map50_95", "flops_ratio", "params_ratio", "latency_ratio")}
             self._write_best_policy()
@@ -420,7 +440,10 @@ class SearchRunner(SearchSetup):
         reward = policy.metrics.get("reward")
         if reward is not None and float(reward) > self.state.best_reward:
             st = self.state
-            st.best_reward, st.best_episode = float(reward), int(policy.metrics.get("episode", -1))
+            episode = int(policy.metrics.get("episode", -1))
+            if self._zero_based and episode >= 0:  # written by a run that numbered episodes from 0 (SearchState)
+                episode += 1
+            st.best_reward, st.best_episode = float(reward), episode
             st.best_ratios = [float(r) for r in policy.ratios_for(self.space)]
             st.best_metrics = {"map50_95": policy.metrics.get("map50_95_proxy"),
                                "flops_ratio": policy.cost.get("flops_ratio"),
@@ -510,7 +533,7 @@ class SearchRunner(SearchSetup):
                           f"episode (from the TensorBoard events)",
             {"uniform pruning: reward": uniform_reward.value, "uniform pruning: proxy mAP": uniform_outcome.map50_95}))
         self._print_summary(rows)
-        console.print(f"best policy (episode {st.best_episode + 1}): {self.run_dir / BEST_POLICY_FILE}; "
+        console.print(f"best policy (episode {st.best_episode}): {self.run_dir / BEST_POLICY_FILE}; "
                       f"results.json{', pruned model in model/' if s.export_model else ''} in {self.run_dir}")
         return results
 

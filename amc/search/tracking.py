@@ -1,14 +1,17 @@
 """TensorBoard curves and a JSON-lines episode log of a search, in its run directory.
 
-Every episode adds, at step = episode index: its reward, the best reward so far, its proxy mAP, its FLOPs /
-params / latency ratios and the agent's figures (losses, exploration sigma, reward baseline). When a better
-policy appears its per-unit ratios are drawn as a bar chart (an image, so TensorBoard's slider walks through
-the successive best policies). The run's hyper-parameters go to TensorBoard's HParams tab at the end, so the
-curves of several runs (a multirun sweep, seeds) compare side by side in one ``tensorboard --logdir``.
+Every episode adds, at step = its number (episodes are numbered from 1 on screen and in every file): its reward,
+the best reward so far, its proxy mAP, its FLOPs / params / latency ratios and the agent's figures (losses,
+exploration sigma, reward baseline). When a better policy appears its per-unit ratios are drawn as a bar chart
+(an image, so TensorBoard's slider walks through the successive best policies). The run's hyper-parameters go to
+TensorBoard's HParams tab at the end, so the curves of several runs (a multirun sweep, seeds) compare side by
+side in one ``tensorboard --logdir``.
 
 Resuming: the writer is opened with ``purge_step`` = the first episode still to play, so points logged after
 the last checkpoint by a killed run are discarded instead of appearing twice; the episode log is cut back the
-same way.
+same way. Runs started before episodes were numbered from 1 wrote ``episodes.jsonl`` from 0: their log is
+renumbered when they are resumed (their earlier TensorBoard points keep their steps), and
+:func:`read_episode_log` reads either kind numbered from 1.
 """
 
 from __future__ import annotations
@@ -46,38 +49,64 @@ def ratio_chart(ratios: np.ndarray, title: str, width: int = 720, height: int = 
     return np.asarray(image)
 
 
+def zero_based(records: list[dict[str, Any]]) -> bool:
+    """Whether an episode log was written when episodes were numbered from 0 (its first record is episode 0)."""
+    return bool(records) and records[0].get("episode") == 0
+
+
+def read_episode_log(path: Path) -> list[dict[str, Any]]:
+    """The records of an ``episodes.jsonl``, episodes numbered from 1 (older logs, numbered from 0, renumbered)."""
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if zero_based(records):
+        for r in records:
+            r["episode"] += 1
+    return records
+
+
 class SearchLog:
     """Writes a search's TensorBoard events and ``episodes.jsonl`` under ``run_dir``.
 
     Args:
         run_dir: the search's run directory.
-        first_episode: the first episode this process will log.
-        resuming: a resumed run: events and log lines from ``first_episode`` on are discarded.
+        episodes_done: the episodes played before this process (it logs episode ``episodes_done + 1`` first).
+        resuming: a resumed run: events and log lines of episodes after ``episodes_done`` are discarded.
+        zero_based: the run's TensorBoard steps so far number episodes from 0 (a run started before episodes
+            were numbered from 1): its points from step ``episodes_done`` on are the ones to discard.
     """
 
-    def __init__(self, run_dir: Path, first_episode: int = 0, resuming: bool = False) -> None:
+    def __init__(self, run_dir: Path, episodes_done: int = 0, resuming: bool = False, zero_based: bool = False) -> None:
         self.run_dir = Path(run_dir)
-        # resuming (even from episode 0, when the kill came before the first checkpoint): drop later points
-        self.writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR),
-                                    purge_step=first_episode if resuming else None)
+        # resuming (even from episode 1, when the kill came before the first checkpoint): drop later points
+        purge = episodes_done + 1 if episodes_done and not zero_based else episodes_done
+        self.writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), purge_step=purge if resuming else None)
         self.episode_log = self.run_dir / EPISODE_LOG
-        self._truncate_log(first_episode)
+        self._truncate_log(episodes_done)
 
-    def _truncate_log(self, first_episode: int) -> None:
-        """Drop logged episodes from ``first_episode`` on (played after the checkpoint a killed run resumes from)."""
+    def _truncate_log(self, episodes_done: int) -> None:
+        """Keep the first ``episodes_done`` logged episodes only (later ones were played after the checkpoint a
+        killed run resumes from); a log numbered from 0 is renumbered from 1."""
         if not self.episode_log.exists():
             return
-        kept = []
+        records = []
         for line in self.episode_log.read_text().splitlines():
             try:
-                if json.loads(line)["episode"] < first_episode:
-                    kept.append(line)
+                record = json.loads(line)
+                if not isinstance(record["episode"], int):
+                    raise TypeError
             except (ValueError, KeyError, TypeError):
                 break  # a line cut by the kill: everything after it is gone too
-        self.episode_log.write_text("".join(f"{line}\n" for line in kept))
+            records.append(record)
+        shift = 1 if zero_based(records) else 0
+        kept = []
+        for r in records:
+            r["episode"] += shift
+            if r["episode"] <= episodes_done:
+                kept.append(r)
+        self.episode_log.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def episode(self, record: dict[str, Any], agent_metrics: dict[str, float]) -> None:
-        """Log one episode (``record`` holds ``episode``, ``reward``, ``best_reward``, ``map50_95``, cost ratios)."""
+        """Log one episode (``record`` holds ``episode`` (its number, from 1), ``reward``, ``best_reward``,
+        ``map50_95``, cost ratios)."""
         step = int(record["episode"])
         for key in ("reward", "best_reward", "map50_95", "recover_loss", "flops_ratio", "params_ratio",
                     "latency_ratio"):
@@ -92,7 +121,7 @@ class SearchLog:
             f.write(json.dumps(record) + "\n")
 
     def best_policy(self, episode: int, ratios: np.ndarray, reward: float) -> None:
-        """Draw the per-unit ratios of a new best policy."""
+        """Draw the per-unit ratios of a new best policy (``episode``: its number, from 1, the image's step)."""
         chart = ratio_chart(np.asarray(ratios), f"best policy: episode {episode}, reward {reward:.4f}")
         self.writer.add_image("best_policy/ratios", chart, episode, dataformats="HWC")
         self.writer.add_text("best_policy/ratios", ", ".join(f"{r:.3f}" for r in ratios), episode)
