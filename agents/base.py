@@ -105,12 +105,23 @@ def requested_ratio(action: float, bounds: tuple[float, float]) -> float:
     return min(max(lo + (a + 1.0) / 2.0 * (hi - lo), lo), hi)
 
 
+def action_mode(env: gymnasium.Env) -> str:
+    """How the environment maps actions to ratios: ``absolute`` (AMC: ``lo + (a + 1) / 2 * (hi - lo)``), ``centred``
+    (the deviation from the budget's uniform ratio) or ``relative`` (from the unit's fair share of the remaining
+    budget), both in units of ``(hi - lo) / 2``, so that action 0 is uniform pruning. Environments that do not say
+    are absolute."""
+    return str(getattr(env.unwrapped, "action_mode", "absolute"))
+
+
 class BudgetCentredSampler:
     """Random sparsities that spend the budget: each unit's ratio uniform in ``[lo, min(hi, 2 r - lo)]``, where ``r``
     is the uniform policy's ratio at the budget (``env.uniform_ratio()``), so the policies average the budget's
     sparsity and spread around it. Uniform in the whole ``[lo, hi]`` instead, most policies land far under the
     budget (about 49% of the FLOPs kept under a 70% budget on the demo) and score almost nothing.
 
+    With centred or budget-relative actions (``action_mode``), whose action 0 is uniform pruning, the same spread
+    is drawn as actions uniform in ``[-d, d]``, ``d = min(1, (r - lo) / ((hi - lo) / 2))`` (centred: exactly the
+    ratios above; relative: around each unit's fair share).
     Environments without ``uniform_ratio`` get ratios uniform in their bounds.
     """
 
@@ -119,9 +130,13 @@ class BudgetCentredSampler:
         lo, hi = self.bounds
         uniform = getattr(env.unwrapped, "uniform_ratio", None)
         self.high = min(hi, 2.0 * float(uniform()) - lo) if uniform is not None else hi
+        self.relative = action_mode(env) != "absolute"
+        self.spread = min(1.0, (self.high - lo) / (hi - lo)) if uniform is not None else 1.0
 
     def __call__(self, rng: np.random.Generator) -> float:
         """One action (in [-1, 1]) requesting a ratio drawn from the distribution above."""
+        if self.relative:
+            return float(rng.uniform(-self.spread, self.spread))
         return ratio_to_action(float(rng.uniform(self.bounds[0], self.high)), self.bounds)
 
 

@@ -9,7 +9,7 @@ import gymnasium
 import numpy as np
 from stable_baselines3.common.vec_env import VecEnv
 
-from agents.base import EpisodeReport, Rollout, SearchAgent, ratio_bounds, ratio_to_action
+from agents.base import EpisodeReport, Rollout, SearchAgent, action_mode, ratio_bounds, ratio_to_action
 
 
 class UniformAgent(SearchAgent):
@@ -27,7 +27,10 @@ class UniformAgent(SearchAgent):
 
     def __init__(self, env: gymnasium.Env, seed: int = 0) -> None:
         super().__init__(env, seed)
-        self.action = ratio_to_action(float(env.unwrapped.uniform_ratio()), ratio_bounds(env))
+        # centred actions: 0 is the uniform ratio; relative ones: every unit's fair share, the uniform ratio when all
+        # take it (a unit may keep a channel step more where the rounding of the units before it left budget over)
+        self.action = (0.0 if action_mode(env) != "absolute"
+                       else ratio_to_action(float(env.unwrapped.uniform_ratio()), ratio_bounds(env)))
 
     def play_episode(self) -> EpisodeReport:
         started = time.perf_counter()

@@ -185,21 +185,38 @@ class BudgetEnforcer:
         return (f[0] + b * x + c * x * x).astype(np.float64)
 
     def uniform_ratio(self) -> float:
-        """The smallest constant ratio (in ``[0, upper]``) whose policy meets the budget.
+        """The smallest constant ratio (in ``[0, upper]``) whose policy meets the budget (:meth:`fair_ratio` of
+        an empty prefix)."""
+        return self.fair_ratio(np.zeros(0, dtype=np.int64))
 
-        The uniform cost only changes where some unit's width does, at one of the ``thresholds``, so the
-        answer is the first fitting threshold (found by bisection over them), nudged 1e-6 (or half the way to
-        the next threshold) into its step: the widths are those of the step's start, and mapping the ratio to an
-        action and back (float32) cannot fall onto the previous, over-budget step.
+    def fair_ratio(self, prefix_widths: np.ndarray) -> float:
+        """The smallest constant ratio (in ``[0, upper]``) for every undecided unit that lets the policy meet the
+        budget, given the kept widths of the decided units: the remaining budget shared out evenly.
+
+        This is the one solver for "the largest setting that fits": the uniform baseline (empty prefix) and the
+        environment's budget-relative actions (``action_mode=relative``) both use it. The cost only changes where
+        some remaining unit's width does, at one of the ``thresholds``, so the answer is the first fitting
+        threshold (found by bisection over them), nudged 1e-6 (or half the way to the next threshold) into its
+        step: the widths are those of the step's start, and mapping the ratio to an action and back (float32)
+        cannot fall onto the previous, over-budget step. When even ``upper`` does not fit, ``upper``.
         """
-        n = self.n_units
-        points = np.unique(np.concatenate([[0.0], *self.thresholds]))
+        t = len(prefix_widths)
+        if t >= self.n_units:
+            raise ValueError(f"every one of the {self.n_units} units is already decided")
+        points = np.unique(np.concatenate([[0.0], *self.thresholds[t:]]))
         points = points[points <= self.upper]
+        base = self.upper_widths.copy()
+        base[:t] = prefix_widths
 
         def fits(i: int) -> bool:
-            return self.fits(np.full(n, points[i]))
+            widths = base.copy()
+            for u in range(t, self.n_units):
+                widths[u] = self._width(u, points[i])
+            return self.cost(widths) <= self.limit
 
-        lo, hi = -1, len(points) - 1  # fits(hi): every unit at upper (checked at construction)
+        lo, hi = -1, len(points) - 1
+        if not fits(hi):
+            return float(self.upper)
         while hi - lo > 1:  # invariant: points[lo] over the budget (or lo = -1), points[hi] within it
             mid = (lo + hi) // 2
             if fits(mid):

@@ -33,6 +33,9 @@ from amc.reward.functions import EpisodeOutcome, RewardFunction
 from envs.budget import Budget, BudgetEnforcer
 
 #: The observation's features, in order (all in [0, 1]).
+#: How an action maps to a ratio (see :class:`PruningEnv`'s ``action_mode``).
+ACTION_MODES = ("absolute", "centred", "relative")
+
 FEATURES = ("index", "kind", "in_channels", "out_channels", "kernel", "stride", "feature_size", "flops",
             "flops_removed", "flops_prunable", "previous_ratio")
 
@@ -50,6 +53,18 @@ class PruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             The default is AMC's preserve-ratio bounds [0.2, 1] as sparsities; ``hi`` must not exceed
             ``space.rounding.max_ratio``.
         latency_table: the latency table for a latency budget (and for ``info["cost"]["latency_ratio"]``).
+        action_mode: how an action becomes a ratio. ``absolute`` (AMC): ``lo + (a + 1) / 2 * (hi - lo)``, then
+            the wall raises it where the budget needs. ``centred`` (the default of amc-search): the same line
+            moved so that action 0 is the budget's uniform ratio ``u``, ``u + a * (hi - lo) / 2`` clipped to
+            ``[lo, hi]``, then the wall: an untrained actor (outputs near 0) proposes uniform pruning instead of
+            ratios near the middle of the bounds, which prune far past a mild budget (0.4 everywhere keeps ~40% of
+            the FLOPs under a 70% budget) and cost a search its first learning episodes. ``relative``: the deviation
+            from the unit's fair share, ``fair + a * (hi - lo) / 2`` clipped to ``[lo, hi]``, where ``fair`` is
+            the constant ratio that would spend the remaining budget evenly over the undecided units
+            (:meth:`~envs.budget.BudgetEnforcer.fair_ratio`). Action 0 everywhere is then the uniform policy,
+            and a unit kept light raises the share of every later unit a little instead of leaving the wall to
+            prune the last units to ``hi``, where no action of theirs changes anything (why: an AMC agent whose
+            first units ask too little sat in that corner for a whole search, README "Does the search pay?").
 
     Observation (``Box(0, 1, (11,), float32)``, see :data:`FEATURES`): AMC's layer embedding of the unit about to
     be decided: its index, kind, input and output channels, kernel, stride, feature-map size (h x w) and FLOPs
@@ -72,7 +87,9 @@ class PruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
 
     def __init__(self, space: PruningSpace, evaluate: Callable[[np.ndarray], EpisodeOutcome],
                  reward: RewardFunction, budget: Budget, ratio_bounds: Sequence[float] = (0.0, 0.8),
-                 latency_table: Any = None) -> None:
+                 latency_table: Any = None, action_mode: str = "absolute") -> None:
+        if action_mode not in ACTION_MODES:
+            raise ConfigError(f"action_mode must be one of {', '.join(ACTION_MODES)}, got {action_mode!r}")
         try:
             lo, hi = (float(b) for b in ratio_bounds)
         except (TypeError, ValueError):
@@ -86,6 +103,7 @@ class PruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self.reward_fn = reward
         self.budget = budget
         self.ratio_bounds = (lo, hi)
+        self.action_mode = action_mode
         self.latency_table = latency_table
         self.enforcer = BudgetEnforcer(space, budget, latency_table, upper=hi)
         self.n_units = space.n_units
@@ -106,6 +124,8 @@ class PruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self._t: int | None = None
         self._ratios = np.zeros(self.n_units)
         self._widths = self._full_widths.copy()
+        self._fair = 0.0  # relative mode: the fair share of unit _t given the decisions so far
+        self._uniform: float | None = None  # centred mode: the budget's uniform ratio (computed on first use)
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -115,6 +135,7 @@ class PruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self._t = 0
         self._ratios = np.zeros(self.n_units)
         self._widths = self._full_widths.copy()
+        self._update_fair()
         return self._observation(), {}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -131,29 +152,40 @@ class PruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         ratio, width = self.enforcer.next_ratio(self._widths[:t], requested)
         self._ratios[t] = ratio
         self._widths[t] = width
+        applied_action = self.action_for_ratio(ratio)  # before _t moves on: relative actions depend on the unit
         self._t = t + 1
+        self._update_fair()
         info: dict[str, Any] = {"unit": self._names[t], "requested_ratio": requested, "ratio": ratio,
-                                "applied_action": self.action_for_ratio(ratio)}
+                                "applied_action": applied_action}
         if self._t < self.n_units:
             return self._observation(), 0.0, False, False, info
         return self._observation(), *self._finish(info)
 
     # ------------------------------------------------------------------ actions <-> ratios
     def requested_ratio(self, action: float) -> float:
-        """The ratio an action asks for: ``lo + (a + 1) / 2 * (hi - lo)``, clipped to ``[lo, hi]``."""
+        """The ratio an action asks for at the current unit, clipped to ``[lo, hi]``: ``lo + (a + 1) / 2 * (hi - lo)``
+        (absolute mode), ``u + a * (hi - lo) / 2`` (centred, ``u`` the uniform ratio) or ``fair + a * (hi - lo) / 2``
+        (relative mode, ``fair`` the unit's fair share)."""
         lo, hi = self.ratio_bounds
         a = min(max(float(action), -1.0), 1.0)
+        if self.action_mode != "absolute":
+            return min(max(self._centre() + a * (hi - lo) / 2.0, lo), hi)
         return min(max(lo + (a + 1.0) / 2.0 * (hi - lo), lo), hi)
 
     def action_for_ratio(self, ratio: float) -> np.ndarray:
-        """The float32 action (shape ``(1,)``) for ``ratio``: requests at least ``ratio``, at most a float32 step more.
+        """The float32 action (shape ``(1,)``) for ``ratio`` at the current unit: requests at least ``ratio``, at most
+        a float32 step more (clipped to ``[-1, 1]``).
 
         The plain inverse of :meth:`requested_ratio`, rounded to float32, can land a hair below ``ratio`` (and
         below the width step the ratio starts); this steps it up to the next float32 until it does not, so
         replaying the action asks for the ratio again.
         """
         lo, hi = self.ratio_bounds
-        a = np.float32(np.clip(2.0 * (float(ratio) - lo) / (hi - lo) - 1.0, -1.0, 1.0))
+        if self.action_mode != "absolute":
+            exact = (float(ratio) - self._centre()) / ((hi - lo) / 2.0)
+        else:
+            exact = 2.0 * (float(ratio) - lo) / (hi - lo) - 1.0
+        a = np.float32(np.clip(exact, -1.0, 1.0))
         while a < 1.0 and self.requested_ratio(float(a)) < ratio:
             a = np.nextafter(a, np.float32(2.0))
         return np.array([a], dtype=np.float32)
@@ -163,6 +195,19 @@ class PruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         return max(self.ratio_bounds[0], self.enforcer.uniform_ratio())
 
     # ------------------------------------------------------------------ internals
+    def _centre(self) -> float:
+        """The ratio action 0 asks for: the budget's uniform ratio (centred) or the unit's fair share (relative)."""
+        if self.action_mode == "centred":
+            if self._uniform is None:
+                self._uniform = self.uniform_ratio()
+            return self._uniform
+        return self._fair
+
+    def _update_fair(self) -> None:
+        """Relative mode: the fair share of the next unit to decide (nothing to do in absolute mode or at the end)."""
+        if self.action_mode == "relative" and self._t is not None and self._t < self.n_units:
+            self._fair = self.enforcer.fair_ratio(self._widths[: self._t])
+
     def _observation(self) -> np.ndarray:
         """The embedding of unit ``_t`` (of the last unit once all are decided) given the decisions so far."""
         t = self._t

@@ -8,6 +8,8 @@
 #   BUDGETS="0.3 0.5" SEEDS=2 THREADS=1   budgets, seeds 0..SEEDS-1, torch threads per process (defaults shown;
 #                                         they replace the bench config's own budgets and seeds)
 #   BENCH=compare                         the bench config: compare, or its preset compare-recovery (conf/bench/)
+#   JOBS=0                                processes at once (0 = every (budget, seed) at once); seed-major order, so
+#                                         an interrupted run has whole seeds finished first
 #   TIMEOUT=0                             seconds each process may run (0 = no limit); finished cells are kept
 #   PYTHON=python3                        the interpreter amc is installed in (e.g. .venv/bin/python)
 #   OVERRIDE: any amc-bench override, given to every process, e.g. bench.episodes=120
@@ -25,10 +27,15 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_T
 source scripts/offline_wheels.sh  # wheels from .whl/ when the machine lacks the dependencies
 mkdir -p "$RUN_DIR/logs"
 # the demo data is made on first use: make it once here, not in every process at the same time
-"$PYTHON" -c "from amc.data.datasets import load_dataset as d; d('demo', None, 'val'); d('demo', None, 'train')" || exit 1
+"$PYTHON" -c "from amc.data.datasets import load_dataset as d; [d('demo', None, s) for s in ('val', 'train', 'search')]" \
+  || exit 1
+JOBS=${JOBS:-0}
 pids=()
-for budget in $BUDGETS; do
-  for ((seed = 0; seed < SEEDS; seed++)); do
+for ((seed = 0; seed < SEEDS; seed++)); do
+  for budget in $BUDGETS; do
+    if [ "$JOBS" -gt 0 ]; then  # wait for a free slot
+      while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+    fi
     timeout "${TIMEOUT:-0}" "$PYTHON" -m amc.cli.bench "bench=$BENCH" "bench.budgets=[$budget]" bench.seeds=1 "seed=$seed" \
       "bench.resume=$RUN_DIR" bench.search.progress=false "hydra.run.dir=$RUN_DIR/logs/$budget-seed$seed" "$@" \
       >"$RUN_DIR/logs/$budget-seed$seed.log" 2>&1 &

@@ -26,23 +26,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", help="results.json of an amc-bench bench=fidelity run on the demo")
     parser.add_argument("--steps", type=int, default=30, help="proxy.recover_steps")
+    parser.add_argument("--bn-batch-size", type=int, default=None, help="proxy.bn_batch_size (default: the proxy's)")
+    parser.add_argument("--bn-batches", type=int, default=None, help="proxy.bn_batches (default: the proxy's)")
+    parser.add_argument("--val-images", type=int, default=None, help="proxy.val_images (default: the proxy's)")
+    parser.add_argument("--img-size", type=int, default=None, help="proxy.recover_img_size (default: the proxy's)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ref = json.load(open(args.results))
     b = OmegaConf.load("conf/bench/fidelity.yaml")  # the bench's defaults, with that run's budget and seed
     b.budget, seed = float(ref["settings"]["budget"]), int(ref["settings"]["seed"])
-    val, train = _load_data(b)
+    _, train, search = _load_data(b)
     model = _load(str(b.model), b.get("nc"), seed)
     space = PruningSpace.from_model(model, int(b.img_size), rounding_from_config(b.pruning))
     policies = _policies(model, space, b, seed)
     if [round(p["flops_ratio"], 6) for p in policies] != [round(p["flops_ratio"], 6) for p in ref["policies"]]:
         raise SystemExit("these are not the policies of that run (another config or seed)")
     finetuned = [p["finetuned_map50_95"] for p in ref["policies"]]
-    proxy = ProxyEvaluator(model, space, val, train, proxy_settings({"recover_steps": args.steps}))
+    overrides = {"recover_steps": args.steps, "bn_batch_size": args.bn_batch_size, "bn_batches": args.bn_batches,
+                 "val_images": args.val_images, "recover_img_size": args.img_size}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    proxy = ProxyEvaluator(model, space, search, train, proxy_settings(overrides))
     scores = [proxy(p["selection"]) for p in policies]
     proxy.close()
-    print(f"budget {float(b.budget):g}, {len(policies)} policies, recover_steps={args.steps}")
+    seconds = sorted(r.total_s for r in scores)[len(scores) // 2]
+    print(f"budget {float(b.budget):g}, {len(policies)} policies, {overrides}, median {seconds:.2f} s per policy")
     print(f"rho(recovered mAP, fine-tuned mAP)     {spearman([r.map50_95 for r in scores], finetuned):.3f}")
     print(f"rho(-distillation loss, fine-tuned mAP) {spearman([-r.recover_loss for r in scores], finetuned):.3f}")
 

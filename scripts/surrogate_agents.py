@@ -20,9 +20,11 @@ It ranks agent settings on a stand-in for the real reward: a setting it favours 
 Usage:
     python scripts/surrogate_agents.py docs/results/compare-recovery-reward-0.3-120 --seeds 8 --noise 0.04 \\
         --variant lr_actor_1e-3=agent.lr_actor=0.001 --variant sigma_decay_0.99=agent.sigma_decay=0.99
-Each ``--variant NAME=OVERRIDE[,OVERRIDE...]`` adds amc-search overrides to the DDPG agent of
-``bench=compare-recovery`` (conf/bench/compare-recovery.yaml); ``random`` (random search) and ``ddpg`` (that agent
-as is) always run. ``--jobs N`` runs N searches at once (one process each, same results). Writes ``--out``
+Each ``--variant NAME=OVERRIDE[,OVERRIDE...]`` adds amc-search overrides to
+amc-search's default agent (conf/agent/ddpg-demo.yaml), or to random search for a variant whose NAME starts
+with ``random`` (an environment setting such as ``action_mode=relative`` must be tried on both); ``random`` (random
+search) and ``ddpg`` (that agent as is) always run. A seed *fails* (issue 20) when its exported policy is a warm-up
+draw or its last 15 episodes' mean reward is no better than its warm-up's. ``--jobs N`` runs N searches at once (one process each, same results). Writes ``--out``
 (JSON) when given.
 """
 
@@ -131,25 +133,28 @@ def surrogate_search(agent_overrides: Sequence[str], seed: int, budget: str, epi
     agent = agent_from_config(plain(cfg.agent), setup.env, seed)
     rewards: list[float] = []
     true_loss: list[float] = []
+    warmup: list[bool] = []
 
     def on_episode(report) -> None:  # noqa: ANN001 (agents.EpisodeReport)
         rewards.append(report.reward)
         true_loss.append(float(surrogate(np.asarray(report.ratios))[0]))
+        warmup.append(report.phase == "warmup")
 
     started = time.perf_counter()
     agent.run(episodes, on_episode)
     best = int(np.argmax(rewards))
+    # issue 20's failed seed: the exported policy is a warm-up draw, or the last 15 episodes' mean reward is no
+    # better than the warm-up's (searches without a warm-up, random search, cannot fail this way)
+    warm = [r for r, w in zip(rewards, warmup) if w]
+    failed = bool(warm) and (warmup[best] or float(np.mean(rewards[-15:])) <= float(np.mean(warm)))
     return {"seed": seed, "best_episode": best, "best_loss": true_loss[best],
-            "last15_loss": float(np.mean(true_loss[-15:])), "seconds": time.perf_counter() - started}
+            "last15_loss": float(np.mean(true_loss[-15:])), "failed": failed,
+            "seconds": time.perf_counter() - started}
 
 
 def ddpg_overrides() -> list[str]:
-    """The DDPG agent of bench=compare-recovery (the settings behind the README's 30% table)."""
-    from hydra import compose, initialize_config_module
-
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        cfg = compose("bench", overrides=["bench=compare-recovery"])
-    return [str(o) for o in cfg.bench.search.agents.ddpg]
+    """The DDPG agent of plain amc-search (conf/agent/ddpg-demo.yaml, the default agent): no overrides."""
+    return []
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -163,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE[,OVERRIDE...]",
                         help="a DDPG setting: overrides added to bench=compare-recovery's DDPG agent")
     parser.add_argument("--jobs", type=int, default=1, help="searches run at once, one process each")
+    parser.add_argument("--variants-only", action="store_true",
+                        help="run only the --variant settings (random and ddpg as they are: known from an earlier run)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args(argv)
     ratios, loss, explored = load_scored_policies(args.run_dirs, args.budget)
@@ -170,12 +177,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print("surrogate: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in fit.items()))
     surrogate = RidgeSurrogate(ratios, loss, args.ridge)
     ddpg = ddpg_overrides()
-    settings = {"random": ["agent=random"], "ddpg": ddpg}
+    settings = {} if args.variants_only else {"random": ["agent=random"], "ddpg": ddpg}
     for variant in args.variant:
         name, _, overrides = variant.partition("=")
         if not name or not overrides:
             raise SystemExit(f"--variant {variant!r}: write NAME=OVERRIDE[,OVERRIDE...]")
-        settings[name] = ddpg + overrides.split(",")
+        # a variant named random... changes random search instead (an environment setting must apply to both)
+        settings[name] = (["agent=random"] if name.startswith("random") else ddpg) + overrides.split(",")
     tasks = [(overrides, seed, args.budget, args.episodes, surrogate, args.noise)
              for overrides in settings.values() for seed in range(args.seeds)]
     if args.jobs > 1:  # every search is seeded and independent: processes change no result, only the wall time
@@ -185,14 +193,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     else:
         done = [surrogate_search(*task) for task in tasks]
     results: dict[str, dict] = {}
-    print(f"{'setting':18} {'exported loss mean ± std':>25} {'worst':>7} {'last-15 loss':>12}   per seed")
+    print(f"{'setting':18} {'exported loss mean ± std':>25} {'worst':>7} {'last-15 loss':>12} {'failed':>6}   per seed")
     for k, (name, overrides) in enumerate(settings.items()):
         runs = done[k * args.seeds:(k + 1) * args.seeds]
         best = np.array([r["best_loss"] for r in runs])
         last = np.array([r["last15_loss"] for r in runs])
         results[name] = {"overrides": overrides, "best_loss_mean": float(best.mean()), "best_loss_std": float(best.std()),
-                         "best_loss_worst": float(best.max()), "last15_loss_mean": float(last.mean()), "runs": runs}
-        print(f"{name:18} {best.mean():>16.3f} ± {best.std():.3f} {best.max():>7.3f} {last.mean():>12.3f}   "
+                         "best_loss_worst": float(best.max()), "last15_loss_mean": float(last.mean()),
+                         "failed_seeds": sum(r["failed"] for r in runs), "runs": runs}
+        print(f"{name:18} {best.mean():>16.3f} ± {best.std():.3f} {best.max():>7.3f} {last.mean():>12.3f} "
+              f"{results[name]['failed_seeds']:>6}   "
               + " ".join(f"{b:.3f}" for b in best), flush=True)
     out = {"budget": args.budget, "noise": args.noise, "episodes": args.episodes, "seeds": args.seeds, "fit": fit,
            "settings": results}

@@ -112,7 +112,7 @@ def tiny_demo(tmp_path_factory: pytest.TempPathFactory):
     from amc.data.synthetic import generate_demo_dataset
 
     root = tmp_path_factory.mktemp("demo")
-    generate_demo_dataset(root, n_train=12, n_val=6, img_size=96, seed=3)
+    generate_demo_dataset(root, n_train=12, n_val=6, img_size=96, seed=3, n_search=6)
     return root, load_dataset("demo", root, "train"), load_dataset("demo", root, "val")
 
 

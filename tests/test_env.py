@@ -445,3 +445,62 @@ def test_steps_are_fast(space, table):
                 env.step(a[None])
         per_step = (time.perf_counter() - started) / actions.size
         assert per_step < 5e-3, f"{metric}: {per_step * 1e6:.0f} us per step"  # ~0.1 ms measured; a busy-CI margin
+
+
+def test_relative_actions_deviate_from_the_fair_share_of_the_budget_left(space):
+    """action_mode=relative: action 0 at every unit is uniform pruning (up to the rounding's leftovers); any actions spend the budget (policies fit and
+    land near it), the replayed applied action asks for the applied ratio again, and a unit kept light raises the
+    fair share of the units after it rather than leaving the wall to prune the last units to the upper bound."""
+    n = space.n_units
+    for fraction in (0.3, 0.5):
+        env = make_env(space, "flops", fraction, ratio_bounds=(0.0, 0.8), action_mode="relative")
+        info = play(env, lambda t: 0.0)[-1][4]
+        uniform = uniform_policy(space, fraction).kept
+        # uniform pruning, except that units may keep a channel step more where the rounding left budget over
+        assert env.enforcer.fits(info["ratios"]) and np.all(info["kept"] >= uniform)
+        assert np.all(info["kept"] <= space.kept_channels(np.full(n, env.uniform_ratio() - 0.1)))
+        assert info["cost"]["flops_ratio"] >= uniform_policy(space, fraction).flops_ratio
+        rng = np.random.default_rng(int(fraction * 10))
+        for _ in range(3):
+            steps = play(env, lambda t: float(rng.uniform(-1, 1)))
+            last = steps[-1][4]
+            assert env.enforcer.fits(last["ratios"]) and last["cost"]["flops_ratio"] > fraction - 0.08
+            for _, _, _, _, step_info in steps:
+                assert step_info["requested_ratio"] <= step_info["ratio"] + 1e-12
+        # a light first half: relative actions spread the cost over the second half, where their own (neutral)
+        # actions still decide; absolute ones leave the wall to override the later units' requests
+        overridden = {}
+        for mode, light_action in (("relative", -0.5), ("absolute", -1.0)):
+            env_m = make_env(space, "flops", fraction, ratio_bounds=(0.0, 0.8), action_mode=mode)
+            steps = play(env_m, lambda t: light_action if t < n // 2 else float(rng.uniform(-1, 1)))
+            assert env_m.enforcer.fits(steps[-1][4]["ratios"])
+            overridden[mode] = sum(info["ratio"] > info["requested_ratio"] + 1e-6 for *_, info in steps)
+        assert overridden["relative"] < overridden["absolute"]
+    env = make_env(space, "flops", 0.5, action_mode="relative")
+    env.reset(seed=0)
+    fair = env.enforcer.fair_ratio(np.zeros(0, dtype=np.int64))
+    assert fair == env.enforcer.uniform_ratio() and env.requested_ratio(0.0) == pytest.approx(fair)
+    with pytest.raises(ConfigError, match="action_mode"):
+        make_env(space, "flops", 0.5, action_mode="sideways")
+
+
+def test_centred_actions_put_action_zero_on_the_uniform_ratio(space):
+    """action_mode=centred: ratio = u + a (hi - lo) / 2 with u the budget's uniform ratio, then the wall: action 0
+    everywhere is exactly uniform pruning (an untrained actor's neutral output spends the budget, it does not prune
+    far past it), the mapping is the absolute one shifted, and the replayed applied action asks for the ratio."""
+    n = space.n_units
+    for fraction in (0.3, 0.7):
+        env = make_env(space, "flops", fraction, ratio_bounds=(0.0, 0.8), action_mode="centred")
+        u = env.uniform_ratio()
+        steps = play(env, lambda t: 0.0)
+        assert np.array_equal(steps[-1][4]["kept"], space.kept_channels(np.full(n, u)))
+        env.reset(seed=0)
+        assert env.requested_ratio(0.5) == pytest.approx(min(u + 0.2, 0.8))
+        assert env.requested_ratio(-1.0) == pytest.approx(max(u - 0.4, 0.0))
+        for r in (0.0, 0.1, u, 0.55):
+            assert env.requested_ratio(float(env.action_for_ratio(r)[0])) >= r
+    # an untrained actor (actions ~0) under a mild budget: centred spends it, absolute asks for 0.4 everywhere
+    absolute = make_env(space, "flops", 0.7, ratio_bounds=(0.0, 0.8))
+    centred_flops = steps[-1][4]["cost"]["flops_ratio"]  # uniform pruning (coarse rounding on this small model)
+    assert centred_flops == pytest.approx(uniform_policy(space, 0.7).flops_ratio)
+    assert play(absolute, lambda t: 0.0)[-1][4]["cost"]["flops_ratio"] < centred_flops - 0.1

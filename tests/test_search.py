@@ -158,7 +158,7 @@ def test_multirun_sweep_with_the_submitit_local_launcher(tmp_path: Path) -> None
     (["model=yolov7-tiny", "evaluator=proxy"], "classes"),  # 80 classes against the demo's 3
     (["episodes=0"], "episodes must be"),
     (["ratio_bounds=[0.5,0.2]"], "ratio_bounds"),
-    (["reward=recovery", "evaluator=proxy"], "evaluator.proxy.recover_steps > 0"),  # no recovery steps to grade
+    (["evaluator=proxy", "evaluator.proxy.recover_steps=0"], "evaluator.proxy.recover_steps > 0"),  # reward=recovery: no steps
 ])
 def test_bad_input_is_one_line_before_the_search(tmp_path: Path, overrides: list[str], message: str) -> None:
     out = tmp_path / "run"
@@ -202,3 +202,30 @@ def test_shipped_slurm_launcher_config_composes(tmp_path: Path) -> None:
     launcher = yaml.safe_load(run.stdout)["hydra"]["launcher"]
     assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
     assert launcher["timeout_min"] == 240 and launcher["gpus_per_node"] == 1
+
+
+def test_the_search_scores_policies_on_its_own_split_never_on_val(tiny_demo, tmp_path: Path) -> None:
+    """Issue 20, held out: the proxy's images come from data.search_split (the demo's `search` split, or a fixed
+    subset of train_split for user data), are disjoint from data.split's, and the run records which split."""
+    from hydra import compose, initialize_config_module
+
+    from amc.search.runner import SearchSetup
+
+    root, _, val = tiny_demo
+    val_files = {os.path.realpath(r.path) for r in val.images}
+    for search_split, folder in (("search", "search"), ("null", "train")):
+        with initialize_config_module(config_module="conf", version_base="1.3"):
+            cfg = compose("search", overrides=[f"data.path={root}", "data.img_size=96", f"data.search_split={search_split}",
+                                               "evaluator.proxy.val_images=4", "evaluator.proxy.img_size=96",
+                                               "evaluator.proxy.bn_batches=1", "evaluator.proxy.bn_batch_size=2",
+                                               "evaluator.proxy.bn_img_size=96", "evaluator.cache=false"])
+        setup = SearchSetup(cfg, tmp_path)
+        setup.build_env()
+        files = [os.path.realpath(f) for f in setup.evaluate.image_files]
+        setup.evaluate.close()
+        assert len(files) == 4 and not set(files) & val_files
+        assert all(Path(f).parent.name == folder for f in files)
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = compose("search", overrides=[f"data.path={root}", "data.search_split=val"])
+    with pytest.raises(Exception, match="also data.split"):
+        SearchSetup(cfg, tmp_path).build_env()

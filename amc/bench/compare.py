@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -35,7 +36,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from amc.atomic import atomic_write_json, atomic_write_text
-from amc.cli.app import config_number, console, plain, print_table
+from amc.cli.app import config_number, console, load_data_from_config, plain, print_table, search_split
 from amc.errors import AmcError, ConfigError
 
 METHODS = ("ddpg", "random", "uniform", "global_magnitude")
@@ -366,6 +367,7 @@ class CompareBench:
         # Subsets drawn with a fixed seed, not the first search seed: a bench split into processes per seed
         # (bench.seeds=1 seed=k, one run dir) scores every cell on the same images as one bench with all seeds.
         full_set = val.subset(f.get("val_images"), SUBSET_SEED) if f.get("val_images") else val
+        self.protocol = self._protocol(cfg, full_set)
         check_classes(self.model, full_set)
         stride = max(32, int(self.model.stride.max()))
         settings = EvalSettings(conf_thres=float(f.conf_thres), iou_thres=float(f.iou_thres), max_det=int(f.max_det),
@@ -381,6 +383,34 @@ class CompareBench:
         if self.finetune_epochs > 0:
             self.train_set = TrainSet(train.subset(ft.get("train_images"), SUBSET_SEED), img_size=self.img_size,
                                       augment=bool(ft.augment), hyp=self.hyp, seed=SUBSET_SEED)
+
+    def _protocol(self, cfg: DictConfig, report_set) -> dict[str, Any]:  # noqa: ANN001 (a DetectionDataset)
+        """Which images the searches score policies on and which ones every result is reported on: held out.
+
+        The search images are those the proxy draws (the same split, subset size and seed as
+        :class:`~amc.reward.proxy.ProxyEvaluator`; each cell checks its evaluator's against them). A bench whose
+        two sets share an image is refused: it would select policies on the images it reports.
+        """
+        from amc.reward.benchmarks import proxy_settings
+
+        split = search_split(cfg.data)
+        proxy = proxy_settings(cfg.evaluator.get("proxy")) if str(cfg.evaluator.name) == "proxy" else None
+        searched = load_data_from_config(cfg.data, split)
+        if proxy is not None:
+            searched = searched.subset(proxy.val_images, proxy.seed)
+        search_files = [str(r.path) for r in searched.images]
+        report_files = [str(r.path) for r in report_set.images]
+        overlap = set(map(os.path.realpath, search_files)) & set(map(os.path.realpath, report_files))
+        if overlap:
+            raise ConfigError(f"the searches would score policies on {len(overlap)} of the images results are "
+                              f"reported on (data.search_split={split}, data.split={cfg.data.split}): name "
+                              f"disjoint splits")
+        root = os.path.commonpath(search_files + report_files) if search_files and report_files else ""
+        return {"search_split": split, "report_split": str(cfg.data.split), "root": root,
+                "search_images": [os.path.relpath(f, root) for f in search_files],
+                "report_images": [os.path.relpath(f, root) for f in report_files],
+                "search_digest": _files_digest(search_files), "overlap_images": len(overlap),
+                "scored_by_proxy": proxy is not None}
 
     def _score(self, pruned, seed: int) -> tuple[float, float | None]:  # noqa: ANN001
         """Full-val mAP after adaptive BN, and after the short fine-tune (``None`` when it is skipped)."""
@@ -426,6 +456,10 @@ class CompareBench:
         from amc.pruning.physical import prune_model
 
         space = setup.space
+        files = getattr(setup.evaluate, "image_files", None)
+        if files is not None and _files_digest(files) != self.protocol["search_digest"]:
+            raise RuntimeError(f"internal error: {method} seed {seed} scored its policies on other images than the "
+                               f"bench's protocol records")
         record["flops_ratio"] = space.cost(selection.widths).macs / space.full_cost.macs
         record["latency_ratio"] = (float(self.latency_table.estimate(selection.widths)
                                          / self.latency_table.estimate(space.full_widths))
@@ -451,7 +485,7 @@ class CompareBench:
                 if line.strip()]
         record = {"map_proxy": results["best_map_proxy"], "wall_s": results["search_s"],
                   "setup_s": results.get("setup_s"), "episodes": results["episodes"],
-                  "best_episode": results["best_episode"] + 1, "episodes_to_95": episodes_to_95(maps),
+                  "best_episode": results["best_episode"], "episodes_to_95": episodes_to_95(maps),
                   "curve": best_so_far(maps), "ratios": [float(r) for r in ratios], "search_dir": str(search_dir)}
         return record, runner, selection
 
@@ -553,7 +587,8 @@ class CompareBench:
                 "episodes": self.episodes, "budgets": [b.key for b in self.budgets], "wins_margin": self.margin,
                 "search_config": self.config_name, "search_overrides": self.overrides,
                 "agent_overrides": self.agent_overrides, "full": plain(self.b.full),
-                "full_images": self.full_images, "finetune": plain(self.b.finetune), "device": str(self.device)}
+                "full_images": self.full_images, "finetune": plain(self.b.finetune), "device": str(self.device),
+                "protocol": self.protocol, "machine": _machine(self.device)}
 
     # ------------------------------------------------------------------ outputs
     def _report(self, results: dict[str, Any], cells: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
@@ -652,6 +687,22 @@ def _global_kept_within(space, scores: Sequence[Any], cost, fraction: float) -> 
         else:
             lo = mid
     return kept_at(hi)
+
+
+def _files_digest(files: Sequence[str]) -> str:
+    """A short digest of a set of image files (their real paths, sorted): equal sets, equal digests."""
+    return hashlib.sha256("\n".join(sorted(map(os.path.realpath, files))).encode()).hexdigest()[:16]
+
+
+def _machine(device: Any) -> dict[str, Any]:
+    """What the cells ran on: a re-run elsewhere moves a cell by run-to-run floating-point differences."""
+    import platform
+
+    import torch
+
+    return {"torch": torch.__version__, "device": str(device), "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available()
+            else None}
 
 
 def _fmt(value: float | None, digits: int = 3, pct: bool = False) -> str:

@@ -214,6 +214,19 @@ def load_data_from_config(data_cfg: DictConfig, split: str | None = None):  # no
     return load_dataset("coco", annotations, split, images_dir=images)
 
 
+def search_split(data_cfg: DictConfig) -> str:
+    """The split a search scores its policies on (held out from the results): ``data.search_split``, else
+    ``data.train_split`` (the proxy then draws a fixed subset of the training images). Never ``data.split``,
+    the split amc-eval, bench=compare and bench=fidelity report on: a search that selects on the images its
+    result is reported on overstates that result."""
+    name = data_cfg.get("search_split") or data_cfg.get("train_split") or "train"
+    if str(name) == str(data_cfg.split):
+        raise ConfigError(f"data.search_split={name} is also data.split, the split results are reported on: a "
+                       f"search must score its policies on other images (name another split, or null for a "
+                       f"fixed subset of data.train_split)")
+    return str(name)
+
+
 def plain(node: Any) -> Any:
     """A config node as plain Python (dicts, lists, scalars; interpolations resolved); anything else as it is."""
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node

@@ -362,7 +362,7 @@ def load_yolo(data_yaml: str | os.PathLike[str], split: str = "val") -> Detectio
 
 #: The demo dataset's generator settings; the version names the cache folder and changes with the generator.
 DEMO_VERSION = 1
-DEMO_SETTINGS = {"n_train": 2000, "n_val": 300, "img_size": 256, "seed": 0}
+DEMO_SETTINGS = {"n_train": 2000, "n_val": 300, "n_search": 300, "img_size": 256, "seed": 0}
 
 
 def cache_dir() -> Path:

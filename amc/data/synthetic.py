@@ -19,7 +19,7 @@ image whatever else was generated (given the same Pillow and libjpeg: rasterisat
 theirs). Optimized JPEG at quality 80 (about 7 KB per 256 px image, ~16 MB for the 2000 + 300 demo images)
 keeps the repository small; there is no pixel noise, as noise is what JPEG pays most for.
 
-``python -m amc.data.synthetic OUT_DIR [--n-train N] [--n-val N] [--img-size S] [--seed S]``
+``python -m amc.data.synthetic OUT_DIR [--n-train N] [--n-val N] [--n-search N] [--img-size S] [--seed S]``
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ from amc.atomic import atomic_write_text
 from amc.errors import ConfigError
 
 CLASS_NAMES = ["disc", "box", "triangle"]
-SPLITS = ("train", "val")
+#: The demo's splits. ``search`` is what a search scores its policies on, so that the results reported on ``val``
+#: come from images no search looked at (issue 20). Appended last: each image's random stream is seeded by its
+#: split's position here, so the train and val images stay byte-identical to those made before it existed.
+SPLITS = ("train", "val", "search")
 JPEG_QUALITY = 80
 MIN_VISIBLE = 0.5  # fraction of a shape's full area that must stay visible (in the image, not covered)
 MIN_SIDE = 4  # px: visible boxes narrower than this are not placed
@@ -290,20 +293,22 @@ def _coco_text(coco: dict) -> str:
 
 
 def generate_demo_dataset(out_dir: Path, n_train: int = 2000, n_val: int = 300, img_size: int = 256,
-                          seed: int = 0, splits: Sequence[str] = SPLITS) -> None:
-    """Write the demo dataset in COCO format: ``out_dir/images/{train,val}/*.jpg`` and ``out_dir/{train,val}.json``.
+                          seed: int = 0, splits: Sequence[str] = SPLITS, n_search: int = 0) -> None:
+    """Write the demo dataset in COCO format: ``out_dir/images/{train,val,search}/*.jpg`` and
+    ``out_dir/{train,val,search}.json``. The three splits are disjoint (every image has its own random stream).
 
     Deterministic: the same arguments give the same bytes. Images whose bytes are unchanged are not rewritten.
     ``splits`` limits the work to some splits (each image has its own random stream, so a split generated
     alone equals the same split generated with the other).
     """
-    if n_train < 0 or n_val < 0:
-        raise ConfigError(f"{out_dir}: image counts must be >= 0 (got n_train={n_train}, n_val={n_val})")
+    if n_train < 0 or n_val < 0 or n_search < 0:
+        raise ConfigError(f"{out_dir}: image counts must be >= 0 (got n_train={n_train}, n_val={n_val}, "
+                          f"n_search={n_search})")
     if img_size < 32:
         raise ConfigError(f"{out_dir}: img_size must be >= 32 (got {img_size})")
     out_dir = Path(out_dir)
-    for split, n in zip(SPLITS, (n_train, n_val)):
-        if split not in splits:
+    for split, n in zip(SPLITS, (n_train, n_val, n_search)):
+        if split not in splits or (split == "search" and n == 0):  # a dataset made without a search split
             continue
         coco = _generate_split(out_dir, split, n, img_size, seed)
         atomic_write_text(out_dir / f"{split}.json", _coco_text(coco))
@@ -331,15 +336,17 @@ def summarize(out_dir: Path) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: generate the demo dataset and print a summary."""
     p = argparse.ArgumentParser(prog="python -m amc.data.synthetic", description=__doc__.split("\n")[0])
-    p.add_argument("out_dir", type=Path, help="output folder (images/{train,val}/ and {train,val}.json)")
+    p.add_argument("out_dir", type=Path, help="output folder (images/{train,val,search}/ and {train,val,search}.json)")
     p.add_argument("--n-train", type=int, default=2000)
     p.add_argument("--n-val", type=int, default=300)
+    p.add_argument("--n-search", type=int, default=300, help="images of the split searches score policies on")
     p.add_argument("--img-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     try:
-        generate_demo_dataset(args.out_dir, args.n_train, args.n_val, args.img_size, args.seed)
+        generate_demo_dataset(args.out_dir, args.n_train, args.n_val, args.img_size, args.seed,
+                              n_search=args.n_search)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

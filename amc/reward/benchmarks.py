@@ -201,10 +201,12 @@ def _setup(b: DictConfig) -> torch.device:
 
 
 def _load_data(b: DictConfig):  # noqa: ANN202
+    """The demo-layout dataset's ``(val, train, search)`` splits: the proxy scores on ``search`` (held out),
+    every reference (full val, fine-tuned) is measured on ``val``."""
     from amc.data.datasets import load_dataset
 
     path = b.get("data_path")
-    return load_dataset("demo", path, "val"), load_dataset("demo", path, "train")
+    return load_dataset("demo", path, "val"), load_dataset("demo", path, "train"), load_dataset("demo", path, "search")
 
 
 def _load(source: str, nc: int | None, seed: int):  # noqa: ANN202
@@ -281,7 +283,7 @@ def fidelity_bench(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    val, train = _load_data(b)
+    val, train, search = _load_data(b)
     model = _load(str(b.model), b.get("nc"), seed)
     img_size = int(b.img_size)
     rounding = rounding_from_config(b.pruning)
@@ -304,7 +306,7 @@ def fidelity_bench(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     for name, overrides in variants.items():
         settings = proxy_settings(overrides)
         t0 = time.perf_counter()
-        evaluator = ProxyEvaluator(model, space, val, train, settings, device)
+        evaluator = ProxyEvaluator(model, space, search, train, settings, device)  # held out from `val`
         prepare_s = time.perf_counter() - t0
         try:
             unpruned = evaluator(None).map50_95
@@ -522,9 +524,18 @@ def _speed_one(label: str, model, val, train, settings, b: DictConfig, seed: int
             select_s = time.perf_counter() - t0
             # The model the evaluator's forward passes run: the sliced one (physical path) or the full one (masked).
             floor_model = unmasked if evaluator.masks is not None else prune_model(model, space, selection).eval()
-            # Floor first: the same BN passes and val passes on the same tensors, no slicing, masks, NMS or mAP.
+            # Floor first: the same BN passes, recovery steps and val passes on the same tensors, no slicing,
+            # masks, NMS or mAP. With recovery steps the evaluator trains the sliced copy and re-estimates BN once
+            # more: the floor runs the same steps (on its own copy) and the second BN pass too.
+            recover_floor = 0.0
             if evaluator.settings.adaptive_bn:
                 _, bn_floor = _timed(lambda: recalibrate_batch_norm(floor_model, evaluator.bn_batches), device)
+                if evaluator.recovery.enabled:
+                    trained = copy.deepcopy(floor_model)
+                    _, recover_floor = _timed(lambda: evaluator.recovery(trained), device)
+                    _, bn_again = _timed(lambda: recalibrate_batch_norm(trained, evaluator.bn_batches), device)
+                    bn_floor += bn_again
+                    floor_model = trained
             else:
                 bn_floor = 0.0
             preds, fwd_floor = _timed(lambda: _val_forward(floor_model, evaluator.evaluator.eval_set, device), device)
@@ -534,10 +545,11 @@ def _speed_one(label: str, model, val, train, settings, b: DictConfig, seed: int
             result = evaluator(selection)
             episode_s = select_s + time.perf_counter() - t0
             if e >= int(b.warmup):
-                episodes.append({"episode_s": episode_s, "floor_s": bn_floor + fwd_floor, "bn_floor_s": bn_floor,
+                episodes.append({"episode_s": episode_s, "floor_s": bn_floor + recover_floor + fwd_floor,
+                                 "bn_floor_s": bn_floor, "recover_floor_s": recover_floor,
                                  "forward_floor_s": fwd_floor, "select_s": select_s, "bn_s": result.bn_s,
-                                 "val_s": result.eval_s, "nms_s": nms_s,
-                                 "rest_s": episode_s - select_s - result.bn_s - result.eval_s,
+                                 "recover_s": result.recover_s, "val_s": result.eval_s, "nms_s": nms_s,
+                                 "rest_s": episode_s - select_s - result.bn_s - result.recover_s - result.eval_s,
                                  "map50_95": result.map50_95})
     finally:
         evaluator.close()
@@ -564,12 +576,12 @@ def speed_bench(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     device = _setup(b)
     out = _output_dir(out_dir)
     settings = proxy_settings(b.get("proxy"))
-    val, train = _load_data(b)
+    _, train, search = _load_data(b)
     results: dict[str, Any] = {}
     for label, spec in _container(b.models).items():
         spec = spec or {}
         model = _load(str(spec.get("source", label)), spec.get("nc"), seed)
-        results[str(label)] = _speed_one(str(label), model, val, train, settings, b, seed, device)
+        results[str(label)] = _speed_one(str(label), model, search, train, settings, b, seed, device)
         console.print(f"{label}: episode {results[label]['episode_s']:.3f} s, floor {results[label]['floor_s']:.3f} s")
     rows = list(results.values())
     print_table(f"proxy evaluator per episode on {device} ({torch.get_num_threads()} CPU threads), median of "

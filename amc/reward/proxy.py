@@ -50,7 +50,7 @@ class ProxySettings:
         map_backend: how mAP is computed: ``fast`` (:class:`~amc.eval.fastmap.FastCocoMap`, COCOeval's
             numbers exactly, ~40x faster: 8 ms instead of 0.33 s for 200 demo images) or ``cocoeval``
             (pycocotools itself).
-        recover_steps, recover_lr, recover_temperature: distillation steps between adaptive BN and scoring
+        recover_steps, recover_lr, recover_temperature, recover_img_size: distillation steps between adaptive BN and scoring
             (:mod:`amc.reward.recovery`; 0 = none). For harsh budgets, where mAP before fine-tuning does not
             predict mAP after it.
     """
@@ -73,6 +73,7 @@ class ProxySettings:
     recover_steps: int = 0
     recover_lr: float = 0.01
     recover_temperature: float = 1.0
+    recover_img_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.val_images is not None and self.val_images < 1:
@@ -96,7 +97,7 @@ class ProxySettings:
     @property
     def recovery(self) -> RecoverySettings:
         """The ``recover_*`` fields as :class:`~amc.reward.recovery.RecoverySettings`."""
-        return RecoverySettings(self.recover_steps, self.recover_lr, self.recover_temperature)
+        return RecoverySettings(self.recover_steps, self.recover_lr, self.recover_temperature, self.recover_img_size)
 
 
 @dataclass
@@ -145,7 +146,8 @@ class ProxyEvaluator:
     Args:
         model: the unfused model being pruned; it is used in place (masked), and restored after each call.
         space: its pruning space.
-        val: the val split (a subset of ``settings.val_images`` is drawn once).
+        val: the split policies are scored on (a subset of ``settings.val_images`` is drawn once): the search
+            split (held out from the split results are reported on; ``search_split`` of the data config).
         train: the training split the BN batches come from (None: no adaptive BN).
         settings: see :class:`ProxySettings`.
         device: where everything runs.
@@ -163,6 +165,8 @@ class ProxyEvaluator:
         self.model = model.to(self.device).eval()
         self.space = space
         subset = val.subset(s.val_images, s.seed)
+        #: the files of the images policies are scored on (recorded, so a report can show it never scores them)
+        self.image_files = [str(r.path) for r in subset.images]
         eval_set = EvalSet(subset, s.img_size, s.batch_size, stride=int(model.stride.max()), progress=False,
                            cache_path=cache_dir).to(self.device)
         self.evaluator = DetectionEvaluator(subset, eval_set, s.eval, self.device, map_backend=s.map_backend)

@@ -32,11 +32,14 @@ class RecoverySettings:
         steps: gradient steps per episode (0 = none: the plain adaptive-BN proxy).
         lr: SGD learning rate (momentum 0.9, no weight decay).
         temperature: of the output distillation (1 = plain probabilities).
+        img_size: the steps' image size (the adaptive-BN batches resized, long side; None = as they are). The
+            steps are most of a recovered episode's time, which scales with the pixels.
     """
 
     steps: int = 0
     lr: float = 0.01
     temperature: float = 1.0
+    img_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -45,6 +48,9 @@ class RecoverySettings:
             raise ConfigError(f"proxy.recover_lr must be > 0, got {self.lr}")
         if self.temperature <= 0:
             raise ConfigError(f"proxy.recover_temperature must be > 0, got {self.temperature}")
+        if self.img_size is not None and (self.img_size < 32 or self.img_size % 32):
+            raise ConfigError(f"proxy.recover_img_size must be a multiple of 32 (the model's largest stride) and "
+                              f">= 32, or null; got {self.img_size}")
 
 
 class ShortRecovery:
@@ -60,7 +66,7 @@ class ShortRecovery:
         if settings.steps > 0 and not batches:
             raise ConfigError("proxy.recover_steps needs training batches: set proxy.adaptive_bn=true")
         self.settings = settings
-        self.batches = list(batches)
+        self.batches = [_resized(b, settings.img_size) for b in batches] if settings.steps > 0 else list(batches)
         self.teacher_maps: list[list[torch.Tensor]] = []
         if settings.steps > 0:
             was_training = teacher.training
@@ -103,3 +109,13 @@ class ShortRecovery:
                 p.grad = None
         tail = last[-len(self.batches):]
         return sum(tail) / len(tail)
+
+
+def _resized(images: torch.Tensor, img_size: int | None) -> torch.Tensor:
+    """``images`` (N, 3, H, W) scaled so that the long side is ``img_size`` (sides kept multiples of 32)."""
+    if img_size is None or max(images.shape[-2:]) == img_size:
+        return images
+    h, w = images.shape[-2:]
+    scale = img_size / max(h, w)
+    size = (max(32, round(h * scale / 32) * 32), max(32, round(w * scale / 32) * 32))
+    return torch.nn.functional.interpolate(images.float(), size=size, mode="area").to(images.dtype)

@@ -60,6 +60,11 @@ class ProxyPolicyEvaluator:
         """Whether outcomes carry ``recover_loss`` (the proxy runs recovery steps), as reward=recovery needs."""
         return self.proxy.recovery.enabled
 
+    @property
+    def image_files(self) -> list[str]:
+        """The files of the images every policy is scored on."""
+        return self.proxy.image_files
+
     def unpruned_map(self) -> float:
         """Proxy mAP@0.5:0.95 of the unpruned model (same subset, same settings)."""
         return self.proxy(None).map50_95

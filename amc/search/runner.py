@@ -34,7 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from amc.atomic import atomic_dir, atomic_write_json, atomic_write_text, complete_dir
 from amc.cli.app import (config_number, console, load_data_from_config, load_model_from_config, plain, print_table,
-                         rounding_from_config)
+                         rounding_from_config, search_split)
 from amc.errors import ConfigError
 # defined beside the resume rules (no torch there); readers import them from here too
 from amc.search.resume import CHECKPOINT_DIR, CONFIG_FILE, RUN_MARKER  # noqa: F401
@@ -120,6 +120,7 @@ class SearchSettings:
     export_model: bool
     progress: bool
     workers: int = 1
+    action_mode: str = "absolute"
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "SearchSettings":
@@ -145,6 +146,10 @@ class SearchSettings:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ConfigError(f"workers must be a whole number >= 1 (environments evaluating in parallel), "
                               f"got {workers!r}")
+        # absent in the configs of runs started before the knob: AMC's absolute actions, as they ran
+        action_mode = str(cfg.get("action_mode", "absolute"))
+        if action_mode not in ("absolute", "centred", "relative"):
+            raise ConfigError(f"action_mode must be absolute, centred or relative, got {action_mode!r}")
         final = cfg.final
         return cls(episodes=episodes, seed=seed, img_size=img_size, ratio_bounds=(lo, hi), budget_metric=metric,
                    budget_fraction=fraction,
@@ -152,7 +157,7 @@ class SearchSettings:
                    final_latency_runs=config_number(final, "latency_runs", int, 0, prefix="final."),
                    final_latency_rounds=config_number(final, "latency_rounds", int, 1, prefix="final."),
                    export_model=bool(final.export_model), progress=bool(cfg.get("progress", True)),
-                   workers=workers)
+                   workers=workers, action_mode=action_mode)
 
 
 # ---------------------------------------------------------------------------------------------- environment
@@ -212,7 +217,7 @@ class SearchSetup:
                               f"set evaluator.proxy.recover_steps > 0 (e.g. 30)")
         self.criterion_name = criterion.name
         self.env = PruningEnv(self.space, self.evaluate, reward, self.budget, ratio_bounds=s.ratio_bounds,
-                              latency_table=self.latency_table)
+                              latency_table=self.latency_table, action_mode=s.action_mode)
         self.env.reset(seed=s.seed)
 
     def _device(self) -> torch.device:
@@ -261,7 +266,9 @@ class SearchSetup:
         from amc.search.evaluation import ProxyPolicyEvaluator
 
         settings = proxy_settings(ev.get("proxy"))
-        val = load_data_from_config(self.cfg.data, str(self.cfg.data.split))
+        # held out: policies are scored on the search split, results are reported on data.split (val)
+        self.search_split = search_split(self.cfg.data)
+        val = load_data_from_config(self.cfg.data, self.search_split)
         train = load_data_from_config(self.cfg.data, str(self.cfg.data.get("train_split") or "train")) \
             if settings.adaptive_bn else None
         batches = None
@@ -275,7 +282,8 @@ class SearchSetup:
             from amc.data.datasets import cache_dir
 
             cache = str(cache_dir())
-        self._note(f"preparing the proxy evaluator: {settings.val_images} val images at {settings.img_size} px, "
+        self._note(f"preparing the proxy evaluator: {settings.val_images} images of the {self.search_split} split "
+                   f"at {settings.img_size} px, "
                    f"{settings.bn_batches}x{settings.bn_batch_size} BN images, on {self.device}")
         proxy = ProxyEvaluator(self.model, self.space, val, train, settings, self.device, cache_dir=cache)
         return ProxyPolicyEvaluator(self.space, proxy, criterion, self.latency_table)
@@ -516,6 +524,9 @@ class SearchRunner(SearchSetup):
             "reward": str(self.cfg.reward.name), "evaluator": str(self.cfg.evaluator.name), "seed": s.seed,
             "units": len(self.space), "img_size": list(s.img_size), "model": self.source, "device": str(self.device),
             "summary": rows, "best_policy": str(self.run_dir / BEST_POLICY_FILE),
+            # held out: the split (and how many of its images) policies were scored on, never data.split's
+            "protocol": {"search_split": getattr(self, "search_split", None), "report_split": str(self.cfg.data.split),
+                         "search_images": len(getattr(self.evaluate, "image_files", []))},
             "model_dir": str(self.run_dir / "model") if s.export_model else None,
         }
         atomic_write_json(self.run_dir / "results.json", results)
