@@ -342,3 +342,63 @@ def test_a_bench_scoring_on_its_report_split_is_refused(tmp_path):
     OmegaConf.update(cfg, "bench.search.overrides", ["evaluator=stub", "data.search_split=val"])
     with pytest.raises(ConfigError, match="search_split=val is also data.split"):
         compare_bench(cfg, tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- paired statistics
+def test_paired_differences_bootstrap_interval_and_sign_test():
+    from amc.bench.compare import paired
+
+    rec = lambda seed, v: {"seed": seed, "map_finetuned": v}  # noqa: E731
+    cells = {"0.5": {"ddpg": [rec(s, v) for s, v in enumerate([0.30, 0.32, 0.28, 0.31, 0.29, 0.33, 0.30, 0.34])],
+                     "random": [rec(s, v) for s, v in enumerate([0.25, 0.27, 0.29, 0.26, 0.24, 0.28, 0.25, 0.27])],
+                     "uniform": [rec(s, 0.31) for s in range(7)]}}  # seed 7 not measured: left out of the pairs
+    p = paired(cells)["0.5"]
+    r = p["random"]
+    assert r["diffs"] == pytest.approx([0.05, 0.05, -0.01, 0.05, 0.05, 0.05, 0.05, 0.07])
+    assert r["mean"] == pytest.approx(0.045) and (r["wins"], r["ties"], r["losses"]) == (7, 0, 1)
+    assert 0.0 < r["ci95"][0] < r["mean"] < r["ci95"][1] < 0.07
+    assert r["sign_p"] == pytest.approx(2 * 9 / 256)  # P(X <= 1), X ~ Bin(8, 1/2), two-sided
+    u = p["uniform"]
+    assert u["seeds"] == list(range(7)) and u["ci95"][0] < 0 < u["ci95"][1]  # a tie within the spread
+
+
+def test_a_search_fails_when_its_best_is_a_warmup_draw_or_it_never_improves():
+    from amc.bench.compare import search_failed
+
+    def log(rewards, warmup=3):
+        return [{"reward": r, "phase": "warmup" if i < warmup else "explore"} for i, r in enumerate(rewards)]
+
+    assert search_failed(log([-0.5, -0.4, -0.5] + [-0.3] * 20)) is False  # learns: best after warm-up, last 15 better
+    assert search_failed(log([-0.5, -0.1, -0.5] + [-0.3] * 20)) is True  # its best is a warm-up draw
+    assert search_failed(log([-0.5, -0.4, -0.5] + [-0.35] + [-0.6] * 20)) is True  # last 15 no better than warm-up
+    assert search_failed([{"reward": -0.4, "phase": "random"}]) is None  # random search has no warm-up
+
+
+def test_report_only_tables_the_finished_seeds_and_runs_nothing(finished, tmp_path):
+    """bench.report_only: a bench whose seed 1 is missing a cell reports seed 0 alone, with the same figures."""
+    out, results = finished
+    copy = tmp_path / "partial"
+    shutil.copytree(out / "cells", copy / "cells")
+    (copy / "cells" / "flops-0.7" / "uniform" / "seed1.json").unlink()
+    partial = compare_bench(tiny_cfg("bench.report_only=true", f"bench.resume={copy}"), tmp_path / "run")
+    assert [r["seed"] for r in partial["budgets"]["0.7"]["ddpg"]["per_seed"]] == [0]
+    assert partial["budgets"]["0.7"]["ddpg"]["per_seed"][0] == results["budgets"]["0.7"]["ddpg"]["per_seed"][0]
+    assert not (copy / "cells" / "flops-0.7" / "uniform" / "seed1.json").exists()  # nothing was run
+    assert set(partial["paired"]["map_full"]["0.7"]) == {"random", "uniform", "global_magnitude"}
+    from amc.bench.compare import read_episodes, search_failed
+
+    seed0 = read_episodes(out / "cells" / "flops-0.7" / "ddpg" / "seed0" / "search" / "episodes.jsonl")
+    assert len(seed0) == 4 and search_failed(seed0) is not None
+    assert partial["ddpg_failed_seeds"] == {"0.7": [0] if search_failed(seed0) else []}
+
+
+def test_where_a_flops_cell_runs_is_not_part_of_its_fingerprint(tmp_path):
+    """A bench started on a CPU can be finished on a GPU seed by seed: device and threads are not settings of a
+    FLOPs cell (each cell records its machine instead); the budget, episodes and agent are."""
+    cpu = CompareBench(tiny_cfg(), tmp_path / "a")
+    other = tiny_cfg()
+    OmegaConf.update(other, "bench.search.overrides", ["evaluator=stub", "device=cuda", "device.threads=16"])
+    gpu = CompareBench(other, tmp_path / "b")
+    key = ("0.7", "ddpg", 0)
+    assert cpu._cell_fingerprint(cpu.cfgs[key]) == gpu._cell_fingerprint(gpu.cfgs[key])
+    assert cpu._cell_fingerprint(cpu.cfgs[key]) != cpu._cell_fingerprint(cpu.cfgs[("0.7", "random", 0)])

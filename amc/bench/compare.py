@@ -190,6 +190,67 @@ def wins(summary: dict[str, dict[str, dict[str, Any]]], margin: float) -> dict[s
     return out
 
 
+def paired(cells: dict[str, dict[str, list[dict[str, Any]]]], metric: str = "map_finetuned",
+           resamples: int = 10_000) -> dict[str, dict[str, Any]]:
+    """Per budget, DDPG against each other method seed by seed: ``ddpg - other`` on ``metric`` for every seed both
+    measured, its mean, a 95% bootstrap interval of that mean (``resamples`` resamplings of the seeds, fixed
+    generator), how many seeds DDPG wins / ties / loses, and the two-sided sign-test p-value of the wins against the
+    losses (ties dropped). A mean whose interval holds 0 is a tie within the seeds' spread."""
+    rng = np.random.default_rng(0)
+    out: dict[str, dict[str, Any]] = {}
+    for key, methods in cells.items():
+        ddpg = {r["seed"]: r.get(metric) for r in methods.get("ddpg", [])}
+        entry: dict[str, Any] = {}
+        for other in (m for m in methods if m != "ddpg"):
+            theirs = {r["seed"]: r.get(metric) for r in methods[other]}
+            seeds = [s for s in ddpg if s in theirs and ddpg[s] is not None and theirs[s] is not None]
+            if not seeds:
+                continue
+            diffs = np.array([float(ddpg[s]) - float(theirs[s]) for s in seeds])
+            means = rng.choice(diffs, size=(resamples, len(diffs)), replace=True).mean(1)
+            won, lost = int((diffs > 0).sum()), int((diffs < 0).sum())
+            entry[other] = {"seeds": seeds, "diffs": diffs.tolist(), "mean": float(diffs.mean()),
+                            "ci95": [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))],
+                            "wins": won, "ties": len(diffs) - won - lost, "losses": lost,
+                            "sign_p": _sign_test(won, lost)}
+        out[key] = entry
+    return out
+
+
+def _sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign-test p-value of ``wins`` against ``losses`` (binomial, p = 1/2)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    k = min(wins, losses)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2.0 * tail)
+
+
+def search_failed(episodes: Sequence[dict[str, Any]], window: int = 15) -> bool | None:
+    """Whether a learning search failed (issue 20): its best episode is a warm-up draw, or the mean reward of its
+    last ``window`` episodes is no better than its warm-up's. ``None`` for a search without a warm-up phase (random
+    search) or without episodes."""
+    warm = [e["reward"] for e in episodes if e.get("phase") == "warmup" and not e.get("penalized")]
+    if not warm or not episodes:
+        return None
+    rewards = [e["reward"] if not e.get("penalized") else -math.inf for e in episodes]
+    best = int(np.argmax(rewards))
+    return bool(episodes[best].get("phase") == "warmup"
+                or statistics.fmean(rewards[-window:]) <= statistics.fmean(warm))
+
+
+def read_episodes(path: Path) -> list[dict[str, Any]]:
+    """The records of a search's ``episodes.jsonl`` (or its gzipped copy ``episodes.jsonl.gz``); [] when absent."""
+    import gzip
+
+    for candidate, opener in ((path, open), (path.with_name(path.name + ".gz"), gzip.open)):
+        if candidate.is_file():
+            with opener(candidate, "rt") as f:
+                return [json.loads(line) for line in f if line.strip()]
+    return []
+
+
 # ---------------------------------------------------------------------------------------------- configs
 def compose_search(config_name: str, overrides: Sequence[str]) -> DictConfig:
     """``conf/<config_name>.yaml`` composed with ``overrides`` by Hydra, as the amc-search command line would.
@@ -444,6 +505,11 @@ class CompareBench:
     def _cell_fingerprint(self, cfg: DictConfig) -> str:
         search = plain(cfg)
         search.pop("progress", None)  # a progress bar changes no result: a resume may switch it
+        if search.get("budget", {}).get("metric") != "latency":
+            # where a FLOPs or params cell ran (cpu, cuda, threads) is not a setting: a bench started on a CPU may be
+            # finished on a GPU, seed by seed; each cell records its machine, and the results say how far a re-run
+            # elsewhere moves a cell. A latency budget is measured on its device: there the device is a setting.
+            search.pop("device", None)
         return _fingerprint(search, plain(self.b.full), plain(self.b.finetune))
 
     def _run_cell(self, budget: CompareBudget, method: str, seed: int) -> dict[str, Any]:
@@ -468,6 +534,7 @@ class CompareBench:
         record["map_full"], record["map_finetuned"] = self._score(prune_model(setup.model, space, selection), seed)
         record["score_s"] = time.perf_counter() - t0
         record.update(budget=budget.key, method=method, seed=seed, fingerprint=self._cell_fingerprint(cfg),
+                      machine=_machine(self.device),
                       kept=[int(w) for w in selection.widths])
         return record
 
@@ -553,6 +620,8 @@ class CompareBench:
                 done[(budget.key, method, seed)] = record
         console.print(f"bench=compare in {self.out}: {len(self.budgets)} budgets x {len(self.methods)} methods x "
                       f"{len(self.seeds)} seeds = {len(todo)} cells, {len(done)} already finished")
+        if bool(self.b.get("report_only", False)):
+            return self._report_finished(done)
         self._prepare_scoring()
         unpruned = self._unpruned()
         cell_seconds: list[float] = []
@@ -575,12 +644,38 @@ class CompareBench:
                           f"{record['cell_s']:.0f} s; {len(done)}/{len(todo)} cells done{eta}")
         cells: dict[str, dict[str, list[dict[str, Any]]]] = {
             b.key: {m: [done[(b.key, m, s)] for s in self.seeds] for m in self.methods} for b in self.budgets}
+        return self._results(cells, unpruned, started)
+
+    def _results(self, cells: dict[str, dict[str, list[dict[str, Any]]]], unpruned: dict[str, Any],
+                 started: float) -> dict[str, Any]:
+        """Aggregates, paired per-seed differences, failed DDPG seeds; writes the tables, plots and results.json."""
         summary = summarize(cells)
+        failed = {key: {r["seed"]: search_failed(read_episodes(self.cell_path(budget, "ddpg", r["seed"])
+                                                                .with_suffix("") / "search" / "episodes.jsonl"))
+                        for r in methods.get("ddpg", [])}
+                  for budget in self.budgets if (key := budget.key) in cells for methods in [cells[key]]}
         results = {"budgets": summary, "wins": wins(summary, self.margin),
+                   "paired": {"map_finetuned": paired(cells, "map_finetuned"), "map_full": paired(cells, "map_full")},
+                   "ddpg_failed_seeds": {k: [s for s, f in v.items() if f] for k, v in failed.items()},
                    "unpruned": unpruned, "settings": self._settings(),
                    "wall_s": time.perf_counter() - started}
         self._report(results, cells)
         return results
+
+    def _report_finished(self, done: dict[tuple[str, str, int], dict[str, Any]]) -> dict[str, Any]:
+        """bench.report_only: the tables of the seeds whose every method has finished (per budget), running nothing
+        (a long bench reported while it runs, or from the cells a results folder keeps)."""
+        started = time.perf_counter()
+        cells: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        for b in self.budgets:
+            seeds = [s for s in self.seeds if all((b.key, m, s) in done for m in self.methods)]
+            if seeds:
+                cells[b.key] = {m: [done[(b.key, m, s)] for s in seeds] for m in self.methods}
+        if not cells:
+            raise ConfigError(f"bench.report_only: no seed has all of {', '.join(self.methods)} finished in {self.out}")
+        self.seeds_reported = {k: [r["seed"] for r in next(iter(v.values()))] for k, v in cells.items()}
+        self._prepare_scoring()
+        return self._results(cells, self._unpruned(), started)
 
     def _settings(self) -> dict[str, Any]:
         return {"model": self.source, "units": len(self.space), "methods": self.methods, "seeds": self.seeds,
@@ -599,7 +694,8 @@ class CompareBench:
                  _pm(a["map_full"], a["map_full_std"]), _pm(a["map_finetuned"], a["map_finetuned_std"]),
                  _fmt(a["wall_s"], 1), _fmt(a["episodes_to_95"], 1)]
                 for key, methods in summary.items() for method, a in methods.items()]
-        title = (f"{self.source}: mAP@0.5:0.95, mean ± std over {len(self.seeds)} seeds ({self.episodes} episodes per "
+        counts = sorted({len(a["seeds"]) for methods in summary.values() for a in methods.values()})
+        title = (f"{self.source}: mAP@0.5:0.95, mean ± std over {'/'.join(map(str, counts))} seeds ({self.episodes} episodes per "
                  f"search; full val = {self.full_images} images; fine-tune "
                  f"{self.finetune_epochs or 'skipped'}{' epoch(s)' if self.finetune_epochs else ''})")
         print_table(title, columns, rows, numeric_from=2)
@@ -618,6 +714,17 @@ class CompareBench:
                "ddpg wins (means over seeds):", "", "| " + " | ".join(win_columns) + " |",
                "|" + "|".join(["---"] * 2 + ["---:"] * (len(win_columns) - 2)) + "|"]
         md += ["| " + " | ".join(str(x) for x in row) + " |" for row in win_rows]
+        pair_columns = ["budget", "ddpg - ", "mean", "95% CI (bootstrap)", "seeds won / tied / lost", "sign test p"]
+        pair_rows = [[key, other, f"{p['mean']:+.3f}", f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]",
+                      f"{p['wins']} / {p['ties']} / {p['losses']}", f"{p['sign_p']:.3f}"]
+                     for key, others in results["paired"]["map_finetuned"].items() for other, p in others.items()]
+        print_table("ddpg - other, fine-tuned mAP, paired by seed", pair_columns, pair_rows, numeric_from=2)
+        failed = results["ddpg_failed_seeds"]
+        md += ["", "ddpg - other, fine-tuned mAP, paired by seed:", "", "| " + " | ".join(pair_columns) + " |",
+               "|" + "|".join(["---"] * 2 + ["---:"] * (len(pair_columns) - 2)) + "|"]
+        md += ["| " + " | ".join(str(x) for x in row) + " |" for row in pair_rows]
+        md += ["", "Failed ddpg seeds (best policy a warm-up draw, or last 15 episodes no better than the warm-up): "
+               + "; ".join(f"{k}: {v or 'none'}" for k, v in failed.items()) + "."]
         atomic_write_text(self.out / "results.md", "\n".join(md) + "\n")
 
         results["plots"] = {"map_vs_flops": str(self._map_vs_flops(cells)),
@@ -654,7 +761,7 @@ class CompareBench:
                 mean = [statistics.fmean(c[i] for c in curves) if all(c[i] is not None for c in curves)
                         else float("nan") for i in range(n)]
                 series[f"{method} @ {key}"] = (list(range(1, n + 1)), mean)
-        svg = line_svg(series, title=f"best-so-far proxy mAP@0.5:0.95 per episode, mean over {len(self.seeds)} seeds",
+        svg = line_svg(series, title=f"best-so-far proxy mAP@0.5:0.95 per episode, mean over the seeds",
                        x_label="episode", y_label="best proxy mAP so far")
         return atomic_write_text(self.out / "reward_curves.svg", svg)
 
