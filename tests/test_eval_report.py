@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from amc.errors import ConfigError
-from amc.eval.report import ReportRow, markdown_table, onnx_cost, report_table, resolve_report_path
+from amc.deploy.report import ReportRow, markdown_table, onnx_cost, report_table, resolve_report_path
 from amc.export.onnx import export_detector, save_onnx
 from amc.export.quantize import quantize_int8
 from amc.models import save_model

@@ -54,13 +54,13 @@ def _evaluator(cfg: DictConfig, model, device):  # noqa: ANN001, ANN202
 
 
 def report(cfg: DictConfig, entries: list[tuple[str, str | None]]) -> dict:
-    """The deployment report (amc.eval.report) of ``entries``: table, report.json, report.md and metrics.json."""
+    """The deployment report (amc.deploy.report) of ``entries``: table, report.json, report.md and metrics.json."""
     import platform
 
     import torch
 
     from amc.eval.latency import BACKENDS
-    from amc.eval.report import LatencySettings, ReportModel, deployment_report, load_report_model, markdown_table, \
+    from amc.deploy.report import LatencySettings, ReportModel, deployment_report, load_report_model, markdown_table, \
         report_dict, report_table
 
     device = select_device(str(cfg.device.name))

@@ -23,10 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 from torch import nn
 
 from amc.errors import ConfigError
+from amc.eval.latency import DEFAULT_WARMUP, latency_session, run_interleaved
+from amc.export.onnx import OnnxDetector
+from amc.models import load_model
+from amc.models.arch import Architecture
+from amc.models.flops import count_architecture
 
 #: The columns of the report's latency part, in order.
 REPORT_BACKENDS = ("torch-cpu", "onnxruntime-cpu", "torch-cuda")
@@ -112,8 +118,6 @@ def resolve_report_path(path: str | Path) -> tuple[str, Path]:
 
 def load_report_model(label: str, path: str | Path) -> ReportModel:
     """The :class:`ReportModel` of a path (see :func:`resolve_report_path`)."""
-    from amc.models import load_model
-
     kind, resolved = resolve_report_path(path)
     if kind == "onnx":
         return ReportModel(label, str(resolved), onnx=resolved.read_bytes())
@@ -123,11 +127,6 @@ def load_report_model(label: str, path: str | Path) -> ReportModel:
 
 def onnx_cost(graph: bytes, img_size: int) -> tuple[int | None, float | None]:
     """Parameters and GFLOPs at ``img_size`` of a graph written by amc-export (None, None for other graphs)."""
-    import onnx
-
-    from amc.models.arch import Architecture
-    from amc.models.flops import count_architecture
-
     meta = {p.key: p.value for p in onnx.load_from_string(graph).metadata_props}
     if "amc.architecture" not in meta:
         return None, None
@@ -158,8 +157,6 @@ def _cuda_available() -> bool:
 def measure_latencies(entries: Sequence[ReportModel], img_size: int, settings: LatencySettings,
                       cuda_device: str | torch.device | None = None) -> dict[str, dict[str, float | None]]:
     """label -> backend -> median ms. Every backend times its entries interleaved; torch-cuda only with CUDA."""
-    from amc.eval.latency import DEFAULT_WARMUP, latency_session, run_interleaved
-
     shape = (int(settings.batch_size), 3, int(img_size), int(img_size))
     out: dict[str, dict[str, float | None]] = {e.label: {} for e in entries}
     for backend in settings.backends:
@@ -187,8 +184,6 @@ def deployment_report(entries: Sequence[ReportModel], evaluator: Any, img_size: 
     PyTorch models are fused first when ``fuse`` (what is deployed; same outputs). ONNX graphs are scored through
     ONNX Runtime on the CPU, with amc's NMS, exactly like the PyTorch models.
     """
-    from amc.export.onnx import OnnxDetector
-
     labels = [e.label for e in entries]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"report entries need distinct labels, got {', '.join(labels)}")
