@@ -304,14 +304,51 @@ def test_surrogate_agents_script_fits_the_logged_loss_and_runs_each_setting(tmp_
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "surrogate_agents", module)  # worker processes find its functions by name
     spec.loader.exec_module(module)
-    out = module.main([str(tmp_path), "--seeds", "1", "--episodes", "4", "--noise", "0",
-                       "--variant", "short=agent.warmup=2", "--out", str(tmp_path / "out.json")])
+    # Record every policy each search has the surrogate score (the script runs them one after another here; the
+    # fit's own cross-validation calls are not recorded).
+    searches: list[list[tuple[np.ndarray, float]]] = []
+    searching = [False]
+    score, search = module.RidgeSurrogate.__call__, module.surrogate_search
+
+    def recorded_score(self, ratios):
+        value = score(self, ratios)
+        if searching[0]:
+            searches[-1].append((np.array(ratios, dtype=np.float64), float(value[0])))
+        return value
+
+    def recorded_search(*args):
+        searches.append([])
+        searching[0] = True
+        try:
+            return search(*args)
+        finally:
+            searching[0] = False
+
+    with monkeypatch.context() as m:  # undone before the --jobs run, whose workers pickle the real functions
+        m.setattr(module.RidgeSurrogate, "__call__", recorded_score)
+        m.setattr(module, "surrogate_search", recorded_search)
+        out = module.main([str(tmp_path), "--seeds", "1", "--episodes", "4", "--noise", "0",
+                           "--variant", "short=agent.warmup=2", "--out", str(tmp_path / "out.json")])
     assert out["fit"]["policies"] == 200 and out["fit"]["cv_r2"] > 0.9
-    assert list(out["settings"]) == ["random", "ddpg", "short"]
+    assert list(out["settings"]) == ["random", "ddpg", "short"] and len(searches) == 3
     assert out["settings"]["short"]["overrides"][-1] == "agent.warmup=2"
-    for setting in out["settings"].values():
+
+    def known_loss(ratios: np.ndarray) -> float:
+        return 0.2 + float(weights @ ratios**2) / 55
+
+    for setting, calls in zip(out["settings"].values(), searches):
         run = setting["runs"][0]
-        assert 0 <= run["best_episode"] < 4 and 0.2 <= run["best_loss"] <= 0.2 + 0.8**2
+        played = {tuple(r): v for r, v in calls}  # the distinct policies it played, with their surrogate loss
+        assert len(played) == 4 and 0 <= run["best_episode"] < 4  # one policy per episode
+        # the exported loss is exactly the surrogate's value of a policy the search played, and (no noise, reward
+        # = -loss) of the lowest-loss one: not merely a number in the loss's range
+        assert run["best_loss"] in played.values() and run["best_loss"] == min(played.values())
+        # and that value is the known loss of that policy: the fit's error on the played policies was measured at
+        # 0.0043 at most (ridge 0.1 shrinks the fit a little); 0.01 is 2x that, while the played policies' losses
+        # span 0.33-0.41 and a fit that predicted the mean logged loss (0.31) would err by 0.019 or more on them
+        for ratios, value in played.items():
+            assert abs(value - known_loss(np.array(ratios))) < 0.01, (value, known_loss(np.array(ratios)))
+        assert max(played.values()) - min(played.values()) > 0.03  # policies the tolerance tells apart
     assert json.loads((tmp_path / "out.json").read_text())["settings"]["ddpg"]["best_loss_mean"] == \
         out["settings"]["ddpg"]["best_loss_mean"]
     # searches in parallel processes give the same results

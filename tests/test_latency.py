@@ -95,10 +95,15 @@ def test_full_model_is_slower_than_one_pruned_to_a_tenth_of_its_flops(backend):
     policy = uniform_policy(space, 0.1)
     small = YOLOv7(space.pruned_architecture(space.kept_channels(policy.ratios))).eval()
     assert small.cost(256).macs < 0.11 * full.cost(256).macs
-    found = compare_latency({"full": full.fuse(), "small": small.fuse()}, 256, backend, threads=2, warmup=2,
+    # One thread: with two on a 2-core machine that is running anything else, one pass can wait for a core
+    # (seen: a 45 ms median at one thread became 834 ms at two). The two models take turns in 12 rounds and the
+    # fastest pass of each is compared: load only ever adds time, so the minimum of 12 turns is the least
+    # disturbed figure of each. Measured full/small: 3.9x (torch-cpu) and 5.7x (onnxruntime-cpu) on a busy
+    # 2-core machine; 1.5 keeps a 2.6x margin, and a timer that times nothing (or the same model twice) gives ~1.
+    found = compare_latency({"full": full.fuse(), "small": small.fuse()}, 256, backend, threads=1, warmup=2,
                             runs=12, rounds=12)
-    ratio = found["full"].median_ms / found["small"].median_ms
-    assert ratio > 1.5, f"{backend}: full {found['full'].median_ms:.2f} ms, 10% FLOPs {found['small'].median_ms:.2f} ms"
+    ratio = found["full"].min_ms / found["small"].min_ms
+    assert ratio > 1.5, f"{backend}: full {found['full'].min_ms:.2f} ms, 10% FLOPs {found['small'].min_ms:.2f} ms"
 
 
 def test_unknown_backend_is_refused_with_the_valid_ones():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -54,14 +55,23 @@ def test_scale_to_budget_meets_the_budget_along_the_direction():
     model, _ = load_model("demo-model")
     space = PruningSpace.from_model(model, 256, ChannelRounding(4, 4, 0.9))
     rng = np.random.default_rng(0)
+    full = space.full_cost.macs
     for budget in (0.9, 0.8, 0.6):
         direction = rng.uniform(0, 0.9, len(space))
         ratios = scale_to_budget(space, direction, budget)
-        kept = space.policy_cost(ratios).macs / space.full_cost.macs
-        assert kept <= budget and kept > budget - 0.1
+        kept = space.policy_cost(ratios).macs / full
         free = ratios < 0.9
         s = ratios[free] / direction[free]
-        assert np.allclose(s, s[0])  # one scale for every unit below max_ratio
+        assert free.any() and np.allclose(s, s[0], rtol=1e-12)  # one scale for every unit below max_ratio
+        assert np.allclose(ratios, np.clip(s[0] * direction, 0.0, 0.9), rtol=0, atol=1e-12)  # along the direction
+        # meets the budget: within it, and the least pruning along the direction that is. The bisection stops
+        # within 1e-12 of the first in-budget scale, so a scale 1e-9 smaller keeps more than the budget
+        assert kept <= budget
+        assert space.policy_cost(np.clip((s[0] - 1e-9) * direction, 0.0, 0.9)).macs > budget * full
+        # How close that is on the demo: kept channels move in steps of 4, so the policy lands under the budget by
+        # less than the step of the unit that crossed it. Measured 0.0008-0.0016 below (deterministic: seeded
+        # directions); 0.005 is 3x that, while the old bound let a policy anywhere within 0.1 of the budget pass.
+        assert budget - kept < 0.005, (budget, kept)
     with pytest.raises(ConfigError):
         scale_to_budget(space, np.ones(len(space)), 0.001)
 
@@ -123,7 +133,20 @@ def test_speed_bench_tiny(tiny_demo, tmp_path):
     assert saved["overhead_ratio"] > 0 and saved["episode_s"] > 0
     assert set(saved["models"]) == {"demo", "yolov7-tiny"}
     for r in saved["models"].values():
-        assert r["episode_s"] >= r["bn_s"] + r["val_s"] > 0
-        assert r["overhead_ratio"] == pytest.approx(r["episode_s"] / r["floor_s"])
+        # No timing is compared with a figure or with another measurement (the speed itself is what
+        # `amc-bench bench=speed` reports): only how the parts add up, which holds whatever the machine's load.
+        # Each episode's parts are nested intervals of one clock: the rest is what is left, never negative.
+        assert len(r["episodes"]) == 2
+        for ep in r["episodes"]:
+            parts = ep["select_s"] + ep["bn_s"] + ep["recover_s"] + ep["val_s"]
+            assert ep["rest_s"] == pytest.approx(ep["episode_s"] - parts, abs=1e-12) and ep["rest_s"] >= 0
+            assert ep["floor_s"] == pytest.approx(ep["bn_floor_s"] + ep["recover_floor_s"] + ep["forward_floor_s"],
+                                                  abs=1e-12)
+            assert min(ep["select_s"], ep["bn_s"], ep["val_s"], ep["forward_floor_s"], ep["nms_s"]) > 0
+        for key in ("episode_s", "floor_s", "bn_s", "val_s", "rest_s"):  # the table's figures: per-episode medians
+            assert r[key] == pytest.approx(statistics.median(ep[key] for ep in r["episodes"]), rel=1e-12), key
+        assert r["overhead_ratio"] == pytest.approx(r["episode_s"] / r["floor_s"], rel=1e-12)
+        assert r["overhead_ratio_per_episode"] == pytest.approx([ep["episode_s"] / ep["floor_s"]
+                                                                 for ep in r["episodes"]], rel=1e-12)
         assert r["images"] == 4 and r["bn_images"] == 4
     assert results["episode_s"] == saved["episode_s"]

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -102,31 +101,52 @@ def test_same_seed_same_policies_and_other_seed_differs(tmp_path: Path) -> None:
     assert runs["a"] != runs["c"]
 
 
+# amc-search in a process that kills itself (SIGKILL: no handler, no clean-up runs) once a given episode is logged
+# and handed to the runner's after_episode hook: a kill -9 at a known episode, whatever the machine's speed.
+KILLED_AT = """
+import os
+import signal
+
+from amc.search.runner import SearchRunner
+
+KILL_AT = int(os.environ["AMC_TEST_KILL_AT"])
+init = SearchRunner.__init__
+
+
+def kill(report):
+    if report.episode + 1 == KILL_AT:  # the agent counts episodes from 0
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def init_with_kill(self, cfg, run_dir, after_episode=None):
+    init(self, cfg, run_dir, after_episode=kill)
+
+
+SearchRunner.__init__ = init_with_kill  # the class itself: whichever module amc-search imports it from
+from amc.cli.search import main
+
+main()
+"""
+
+
 def test_resume_after_kill_continues_exactly(tmp_path: Path) -> None:
-    args = (*STUB, "episodes=24", "agent.warmup=4", "final.export_model=false")
+    """kill -9 after episode 8 of 24 (learning since episode 5), with a checkpoint every 3 episodes: episodes 7 and
+    8 are logged but not checkpointed. The resumed run discards them, plays them again and ends exactly as a run
+    that was never killed."""
+    args = (*STUB, "episodes=24", "agent.warmup=4", "checkpoint_every=3", "final.export_model=false")
     reference = amc_search(f"hydra.run.dir={tmp_path / 'ref'}", *args, cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr
 
     out = tmp_path / "killed"
-    env = {**os.environ, "AMC_CACHE_DIR": str(tmp_path / "cache")}
-    proc = subprocess.Popen([sys.executable, "-m", "amc.cli.search", f"hydra.run.dir={out}", *args], cwd=tmp_path,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:  # kill -9 once a few learning episodes are checkpointed
-            state = out / "checkpoint" / "state.json"
-            try:
-                if json.loads(state.read_text())["episodes_done"] >= 8:
-                    break
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL, "the search finished before it could be killed"
+    script = tmp_path / "killed_at.py"
+    script.write_text(KILLED_AT)
+    env = {**os.environ, "AMC_CACHE_DIR": str(tmp_path / "cache"), "AMC_TEST_KILL_AT": "8"}
+    killed = subprocess.run([sys.executable, str(script), f"hydra.run.dir={out}", *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, f"not killed at episode 8 (after_episode hook not called?): " \
+        f"exit code {killed.returncode}\n{killed.stderr}"
+    assert [e["episode"] for e in episodes(out)] == list(range(1, 9))  # logged up to the kill
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["episodes_done"] == 6  # the last multiple of 3
     best_before = Policy.load(out / "best_policy.yaml")  # exported before the kill: complete and loadable
     assert not (out / "results.json").exists()
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 
 from amc.data.loaders import EvalSet
 from amc.eval.evaluator import DetectionEvaluator
 from amc.models import load_model
 from amc.train.loss import YOLOv7Loss, scale_hyp
-from amc.train.trainer import STATE_FILE, Trainer, TrainConfig, parameter_groups
+from amc.train.trainer import STATE_FILE, Trainer, TrainConfig, fitness, parameter_groups
 from conftest import Interrupt, mini_model, stop_at_epoch_set
 
 HYP = {"lr0": 0.01, "lrf": 0.1, "momentum": 0.937, "weight_decay": 0.0005, "warmup_epochs": 1.0,
@@ -23,6 +24,7 @@ StopAtEpoch = stop_at_epoch_set()
 
 def _trainer(train, val, save_dir, epochs=2, resume=False, stop_at=None):
     model = mini_model(nc=3, seed=1)
+    model.names = list(train.names)  # the dataset's class names, not the fresh model's '0', '1', '2'
     train_set = StopAtEpoch(train, img_size=96, augment=True, hyp=HYP, seed=0)
     train_set.stop_at = stop_at
     criterion = YOLOv7Loss(model, scale_hyp(HYP, 3, 3, 96), ota=True)
@@ -35,13 +37,26 @@ def _trainer(train, val, save_dir, epochs=2, resume=False, stop_at=None):
 
 def test_fit_saves_models_state_and_logs(tiny_demo, tmp_path) -> None:
     _, train, val = tiny_demo
-    result = _trainer(train, val, tmp_path).fit()
+    trainer = _trainer(train, val, tmp_path)
+    result = trainer.fit()
     assert [h["epoch"] for h in result.history] == [1, 2]
     assert {"box", "obj", "cls", "total", "map50_95", "map50"} <= set(result.history[-1])
     assert (tmp_path / STATE_FILE).is_file() and list((tmp_path / "tensorboard").glob("events.*"))
+    # last/ is the final EMA model, exactly, with the model's class names
     last, names = load_model(result.last_dir)
-    assert names == list(train.names) or len(names) == 3
-    assert result.best_dir is not None and load_model(result.best_dir)[0].nc == 3
+    assert names == list(train.names) == ["disc", "box", "triangle"]
+    ema = trainer.ema.ema.state_dict()
+    assert last.state_dict().keys() == ema.keys()
+    for k, v in last.state_dict().items():
+        assert torch.equal(v, ema[k]), k
+    # best/ is the EMA model of the epoch with the best fitness, with that epoch's metrics
+    best_epoch = max(result.history, key=fitness)["epoch"]
+    assert result.best_dir is not None and result.best_metrics == {k: v for k, v in result.history[best_epoch - 1]
+                                                                   .items() if k in result.best_metrics}
+    best, best_names = load_model(result.best_dir)
+    meta = yaml.safe_load((result.best_dir / "architecture.yaml").read_text())
+    assert best.nc == 3 and best_names == names and meta["epoch"] == best_epoch
+    assert meta["metrics"] == pytest.approx(result.best_metrics)
 
 
 def test_killed_run_resumes_to_the_same_weights(tiny_demo, tmp_path) -> None:
