@@ -18,7 +18,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from amc.atomic import atomic_write_json
-from amc.cli.app import amc_app, console, print_table, run_dir
+from amc.cli.app import amc_app
+from amc.config import run_dir
+from amc.console import console, print_table
 from amc.data.datasets import load_dataset
 from amc.data.loaders import EvalSet, TrainSet
 from amc.device import select_device

@@ -16,7 +16,7 @@ import json
 import torch
 from omegaconf import OmegaConf
 
-from amc.cli.app import rounding_from_config
+from amc.factory import rounding_from_config
 from amc.reward.benchmarks import _load, _load_data, _policies, proxy_settings, spearman
 from amc.pruning.space import PruningSpace
 from amc.reward.proxy import ProxyEvaluator

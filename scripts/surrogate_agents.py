@@ -112,7 +112,7 @@ def surrogate_search(agent_overrides: Sequence[str], seed: int, budget: str, epi
     from hydra import compose, initialize_config_module
 
     from agents import agent_from_config
-    from amc.cli.app import plain
+    from amc.config import plain
     from amc.search.runner import SearchSetup
 
     with initialize_config_module(config_module="conf", version_base="1.3"):

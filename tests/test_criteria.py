@@ -12,9 +12,10 @@ from torch import nn
 
 from amc.data.loaders import TrainSet, collate
 from amc.errors import ConfigError
+from amc.factory import make_criterion  # the pruning engine's, with the detection loss for taylor
 from amc.models import YOLOv7, parse_cfg
 from amc.models.io import load_model
-from amc.pruning.criteria import CRITERIA, make_criterion, unit_sites
+from amc.pruning.criteria import CRITERIA, unit_sites
 from amc.pruning.masks import ChannelMasks
 from amc.pruning.physical import prune_model
 from amc.pruning.selection import ChannelSelection, segment_mask

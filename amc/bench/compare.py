@@ -36,8 +36,10 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from amc.atomic import atomic_write_json, atomic_write_text
-from amc.cli.app import config_number, console, load_data_from_config, plain, print_table, search_split
+from amc.config import compose_config, config_number, output_dir, plain, search_split
+from amc.console import console, print_table
 from amc.errors import AmcError, ConfigError
+from amc.factory import load_data_from_config, load_model_from_config, rounding_from_config
 
 METHODS = ("ddpg", "random", "uniform", "global_magnitude")
 """Every method the bench knows, in table order."""
@@ -252,30 +254,6 @@ def read_episodes(path: Path) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------- configs
-def compose_search(config_name: str, overrides: Sequence[str]) -> DictConfig:
-    """``conf/<config_name>.yaml`` composed with ``overrides`` by Hydra, as the amc-search command line would.
-
-    Inside a running Hydra app (``amc-bench``) Hydra is already initialized on amc's configs; elsewhere (tests,
-    scripts) it is initialized on the ``conf`` package for the call.
-
-    Raises:
-        ConfigError: Hydra refuses an override (one line: Hydra's first).
-    """
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        if GlobalHydra.instance().is_initialized():
-            return compose(config_name=config_name, overrides=list(overrides))
-        with initialize_config_module(config_module="conf", version_base="1.3"):
-            return compose(config_name=config_name, overrides=list(overrides))
-    except (HydraException, OmegaConfBaseException) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"bench.search: the search config does not compose with {list(overrides)}: {first}") from None
-
-
 def _strings(node: Any, name: str) -> list[str]:
     values = node if node is not None else []
     if not OmegaConf.is_list(values) and not isinstance(values, (list, tuple)):
@@ -285,7 +263,7 @@ def _strings(node: Any, name: str) -> list[str]:
 
 def _number(node: Any, key: str, kind: type = int, low: float | None = None, optional: bool = False,
             prefix: str = "") -> Any:
-    """:func:`amc.cli.app.config_number`, its one-line :class:`AmcError` raised as a :class:`ConfigError`."""
+    """:func:`amc.config.config_number`, its one-line :class:`AmcError` raised as a :class:`ConfigError`."""
     try:
         return config_number(node, key, kind, low, optional=optional, prefix=prefix)
     except AmcError as e:
@@ -349,7 +327,8 @@ class CompareBench:
             overrides.append(f"budget.table={self.table_path}")
         overrides += self.agent_overrides.get(method, [])
         overrides += self.overrides
-        return compose_search(self.config_name, overrides)
+        return compose_config(self.config_name, overrides,
+                              f"bench.search: the search config does not compose with {list(overrides)}")
 
     def _check(self) -> None:
         """Compose every cell's config and check every budget on the model, before any work.
@@ -358,7 +337,6 @@ class CompareBench:
             ConfigError: an override that does not compose, a bad search setting, or a budget the model cannot
                 reach with the searches' ratio bounds (one line, naming the budget).
         """
-        from amc.cli.app import load_model_from_config, rounding_from_config
         from amc.pruning.space import PruningSpace
         from amc.search.runner import SearchSettings
         from envs.budget import Budget, BudgetEnforcer
@@ -410,7 +388,6 @@ class CompareBench:
     # ------------------------------------------------------------------ evaluation shared by the cells
     def _prepare_scoring(self) -> None:
         """The full-val evaluator, its BN batches and the fine-tune training set (built once for every cell)."""
-        from amc.cli.app import load_data_from_config
         from amc.data.loaders import EvalSet, TrainSet, sample_batches
         from amc.device import select_device
         from amc.eval.evaluator import DetectionEvaluator, EvalSettings, check_classes
@@ -836,7 +813,5 @@ def compare_bench(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[st
         out_dir: the run directory (default: ``bench.resume`` if set, else the Hydra run directory).
     """
     if out_dir is None and cfg.bench.get("resume") in (None, ""):
-        from amc.cli.app import run_dir
-
-        out_dir = run_dir()
+        out_dir = output_dir(None)
     return CompareBench(cfg, Path(out_dir) if out_dir is not None else Path(str(cfg.bench.resume))).run()

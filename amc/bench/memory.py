@@ -33,8 +33,11 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from amc.atomic import atomic_write_json, atomic_write_text
-from amc.cli.app import config_number, console, print_table
+from amc.config import compose_config, config_number, output_dir
+from amc.console import console, print_table
 from amc.errors import AmcError, ConfigError
+from amc.plots import line_svg
+from amc.search.runner import SearchRunner
 
 KIB_PER_MIB = 1024.0
 
@@ -222,26 +225,6 @@ class MemoryBenchSettings:
                    overrides=overrides)
 
 
-def compose_search_config(overrides: Sequence[str]) -> DictConfig:
-    """``conf/search.yaml`` composed with ``overrides``, as ``amc-search <overrides>`` would see it.
-
-    Inside a Hydra command (``amc-bench``) Hydra is already set up with amc's config path; called from plain
-    Python it is set up here for the duration of the call.
-    """
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-
-    try:
-        if GlobalHydra.instance().is_initialized():
-            return compose(config_name="search", overrides=list(overrides))
-        with initialize_config_module(config_module="conf", version_base="1.3"):
-            return compose(config_name="search", overrides=list(overrides))
-    except HydraException as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"bench.search does not make a valid amc-search config: {first}") from None
-
-
 def sampled_episodes(episodes: int, every: int) -> np.ndarray:
     """The episodes after which the RSS is read: 0 (set-up done), every ``every``-th, and the last."""
     return np.unique(np.concatenate([np.arange(0, episodes + 1, every), [episodes]]))
@@ -251,8 +234,6 @@ def _sampled_runner(cfg: DictConfig, run_dir: Path, sampler: RssSampler, every: 
     """A :class:`SearchRunner` that samples the RSS after its own per-episode bookkeeping (log, checkpoint):
     the sample is taken once the runner has finished with the episode, so what was allocated for it (log lines,
     the checkpoint) is in it."""
-    from amc.search.runner import SearchRunner
-
     total = int(cfg.episodes)
 
     def sample(report) -> None:  # noqa: ANN001 (agents.base.EpisodeReport)
@@ -265,8 +246,6 @@ def _sampled_runner(cfg: DictConfig, run_dir: Path, sampler: RssSampler, every: 
 
 def rss_chart(episodes: np.ndarray, rss_kib: np.ndarray, trend: MemoryTrend, title: str) -> str:
     """RSS (MiB) per episode with the fitted line over the episodes after the warm-up, as SVG."""
-    from amc.plots import line_svg
-
     fit_x = np.array([trend.first_episode, trend.last_episode], dtype=np.float64)
     fit_y = (trend.intercept_kib + trend.slope_kib_per_episode * fit_x) / KIB_PER_MIB
     return line_svg({"resident memory (RSS)": (episodes, rss_kib / KIB_PER_MIB),
@@ -287,12 +266,10 @@ def memory_bench(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]
         the figures (also in ``results.json``): RSS at start / after the warm-up / at the end / peak (MiB), the
         slope (KiB per episode), the growth (MiB), the verdict and every sample.
     """
-    from amc.cli.app import run_dir
-
     b = cfg.bench
     seed = config_number(cfg, "seed", int)
     settings = MemoryBenchSettings.from_config(b, seed)
-    out = Path(out_dir) if out_dir is not None else run_dir()
+    out = output_dir(out_dir)
     search_dir = out / "search"
     warmup = warmup_episodes(settings.episodes, settings.warmup_fraction)
     sampled = sampled_episodes(settings.episodes, settings.sample_every)
@@ -300,7 +277,8 @@ def memory_bench(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]
         raise ConfigError(f"bench.episodes={settings.episodes} leaves too few samples after the warm-up "
                           f"({warmup} episodes) at sample_every={settings.sample_every} (a trend needs 3): "
                           f"run more episodes or sample more often")
-    search_cfg = compose_search_config(settings.overrides)
+    search_cfg = compose_config("search", settings.overrides,
+                                "bench.search does not make a valid amc-search config")
 
     probe = RssProbe()
     sampler = RssSampler(len(sampled), probe)

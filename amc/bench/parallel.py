@@ -19,7 +19,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from amc.atomic import atomic_write_json
-from amc.cli.app import config_number, console, print_table, run_dir
+from amc.config import config_number, run_dir
+from amc.console import console, print_table
 from amc.errors import ConfigError
 from amc.search.parallel import episodes_per_hour
 

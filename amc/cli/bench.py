@@ -22,9 +22,11 @@ import torch
 from omegaconf import DictConfig
 
 from amc.atomic import atomic_write_json
-from amc.cli.app import amc_app, console, print_table, rounding_from_config, run_dir
-from amc.cli.info import parse_img_size
+from amc.cli.app import amc_app
+from amc.config import parse_img_size, run_dir
+from amc.console import console, print_table
 from amc.errors import ConfigError
+from amc.factory import make_criterion, rounding_from_config
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -51,7 +53,6 @@ def pruning_bench(cfg: DictConfig) -> dict:
     """Analytic cost, masked and physical policy application, and the uniform / global baseline table."""
     from amc.eval.latency import compare_cpu_latency
     from amc.pruning.baselines import global_magnitude_policy, uniform_policy
-    from amc.pruning.criteria import make_criterion
     from amc.pruning.masks import ChannelMasks
     from amc.pruning.physical import prune_model
     from amc.pruning.space import PruningSpace

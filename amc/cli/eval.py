@@ -12,16 +12,24 @@ Examples::
 
 from __future__ import annotations
 
+import platform
+
+import torch
 from omegaconf import DictConfig
 
 from amc.atomic import atomic_write_json, atomic_write_text
-from amc.cli.app import (amc_app, config_number, console, load_data_from_config, load_model_from_config, print_table,
-                         run_dir)
+from amc.cli.app import amc_app
+from amc.config import config_number, run_dir
+from amc.console import console, print_table
 from amc.data.datasets import cache_dir
 from amc.data.loaders import EvalSet
+from amc.deploy.report import (LatencySettings, ReportModel, deployment_report, load_report_model, markdown_table,
+                               report_dict, report_table)
 from amc.device import select_device
 from amc.errors import ConfigError
 from amc.eval.evaluator import DetectionEvaluator, EvalSettings, check_classes
+from amc.eval.latency import BACKENDS
+from amc.factory import load_data_from_config, load_model_from_config
 
 
 def _report_entries(cfg: DictConfig) -> list[tuple[str, str | None]]:
@@ -55,14 +63,6 @@ def _evaluator(cfg: DictConfig, model, device):  # noqa: ANN001, ANN202
 
 def report(cfg: DictConfig, entries: list[tuple[str, str | None]]) -> dict:
     """The deployment report (amc.deploy.report) of ``entries``: table, report.json, report.md and metrics.json."""
-    import platform
-
-    import torch
-
-    from amc.eval.latency import BACKENDS
-    from amc.deploy.report import LatencySettings, ReportModel, deployment_report, load_report_model, markdown_table, \
-        report_dict, report_table
-
     device = select_device(str(cfg.device.name))
     lat = cfg.latency
     backends = tuple(str(b) for b in lat.backends)

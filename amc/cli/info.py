@@ -9,24 +9,14 @@ Examples::
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 
 from amc.atomic import atomic_write_json
-from amc.cli.app import amc_app, console, load_model_from_config, print_table, run_dir
-from amc.errors import ConfigError
+from amc.cli.app import amc_app
+from amc.config import parse_img_size, run_dir
+from amc.console import console, print_table
+from amc.factory import load_model_from_config
 from amc.models.flops import count_architecture
-
-
-def parse_img_size(value: object) -> tuple[int, int]:
-    """``640`` or ``[height, width]`` -> (height, width), refusing non-positive sizes."""
-    size = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value, value]
-    try:
-        h, w = (int(x) for x in size)
-    except (TypeError, ValueError):
-        raise ConfigError(f"img_size must be an int or [height, width], got {value!r}") from None
-    if len(size) != 2 or h <= 0 or w <= 0:
-        raise ConfigError(f"img_size must be positive: an int or [height, width], got {value!r}")
-    return h, w
 
 
 @amc_app("info")

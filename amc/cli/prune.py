@@ -12,15 +12,25 @@ Writes ``model/`` (amc format, truly smaller), ``policy.yaml`` and ``metrics.jso
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from amc.atomic import atomic_write_json
-from amc.cli.app import (amc_app, config_number, console, load_data_from_config, load_model_from_config,
-                         print_table, rounding_from_config, run_dir)
-from amc.cli.info import parse_img_size
+from amc.cli.app import amc_app
+from amc.config import config_number, parse_img_size, run_dir
+from amc.console import console, print_table
+from amc.data.loaders import sample_batches
 from amc.errors import ConfigError
+from amc.eval.latency import compare_cpu_latency
+from amc.factory import load_data_from_config, load_model_from_config, make_criterion, rounding_from_config
+from amc.models.io import save_model
+from amc.pruning.apply import apply_policy
+from amc.pruning.baselines import check_budget, global_magnitude_policy, uniform_policy
+from amc.pruning.finegrained import apply_finegrained, nonzero_cost
+from amc.pruning.policy import Policy
+from amc.pruning.space import PruningSpace
 
 METHODS = ("uniform", "global", "policy")
 MODES = ("structured", "finegrained")
@@ -40,10 +50,6 @@ def _latency_settings(cfg: DictConfig) -> dict[str, Any]:
 
 def _latencies(before, after, latency: dict[str, Any], img_size):  # noqa: ANN001, ANN202
     """CPU latency of the fused models before and after, timed interleaved (None, None when disabled)."""
-    import copy
-
-    from amc.eval.latency import compare_cpu_latency
-
     if latency["runs"] <= 0:
         return None, None
     models = {name: copy.deepcopy(m).eval().fuse() for name, m in (("before", before), ("after", after))}
@@ -54,8 +60,6 @@ def _latencies(before, after, latency: dict[str, Any], img_size):  # noqa: ANN00
 
 def criterion_options(cfg: DictConfig) -> dict[str, Any]:
     """``criterion_options`` from the config as a plain mapping."""
-    from omegaconf import OmegaConf
-
     raw = cfg.get("criterion_options")
     options = {} if raw is None else OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw) else raw
     if not isinstance(options, dict):
@@ -76,14 +80,6 @@ def main(cfg: DictConfig) -> dict:
 
 
 def structured(cfg: DictConfig, img_size: tuple[int, int]) -> dict:
-    from amc.data.loaders import sample_batches
-    from amc.models.io import save_model
-    from amc.pruning.apply import apply_policy
-    from amc.pruning.baselines import check_budget, global_magnitude_policy, uniform_policy
-    from amc.pruning.criteria import make_criterion
-    from amc.pruning.policy import Policy
-    from amc.pruning.space import PruningSpace
-
     # Everything a user can get wrong is checked before any pruning work starts.
     seed = config_number(cfg, "seed", int)
     latency = _latency_settings(cfg)
@@ -158,9 +154,6 @@ def structured(cfg: DictConfig, img_size: tuple[int, int]) -> dict:
 
 
 def finegrained(cfg: DictConfig, img_size: tuple[int, int]) -> dict:
-    from amc.models.io import save_model
-    from amc.pruning.finegrained import apply_finegrained, nonzero_cost
-
     sparsity = config_number(cfg.finegrained, "sparsity", float, 0.0, 0.999, prefix="finegrained.")
     model, names, source = load_model_from_config(cfg.model)
     before = nonzero_cost(model, img_size)

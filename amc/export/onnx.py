@@ -169,7 +169,7 @@ def export_detector(model: nn.Module, img_size: int | tuple[int, int] = 640, ops
     meta = {"amc.nc": str(getattr(m, "nc", "")), "amc.fused": json.dumps(bool(getattr(m, "fused", False))),
             "amc.names": json.dumps(list(getattr(m, "names", []))),
             "amc.stride": json.dumps([float(s) for s in getattr(m, "stride", torch.tensor([])).tolist()])}
-    if hasattr(m, "arch"):  # lets a report count the graph's parameters and FLOPs exactly (amc.eval.report)
+    if hasattr(m, "arch"):  # lets a report count the graph's parameters and FLOPs exactly (amc.deploy.report)
         meta["amc.architecture"] = json.dumps(m.arch.to_dict())
     set_metadata(proto, meta)
     check_graph(proto)

@@ -25,7 +25,7 @@ convolution.
 
 Example::
 
-    from amc.pruning.criteria import make_criterion
+    from amc.factory import make_criterion      # the pruning engine's make_criterion, with the detection loss
 
     criterion = make_criterion("taylor", batches=8)
     criterion.prepare(model, space, batches=loader)          # (images 0-1 NCHW, targets (n, 6)) batches
@@ -39,7 +39,7 @@ import inspect
 import itertools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -58,6 +58,10 @@ from amc.pruning.space import ConvSite, PruningSpace, Segment
 __all__ = ["CRITERIA", "BatchNormCriterion", "Criterion", "L1Criterion", "L2Criterion", "LeastSquaresCriterion",
            "RandomCriterion", "ScoreCriterion", "TaylorCriterion", "make_criterion", "producer_layers",
            "unit_sites"]
+
+LossFactory = Callable[[nn.Module, Mapping[str, Any], bool, int], Callable[..., tuple[Tensor, Any]]]
+"""``loss(model, hyp, ota, img_size) -> loss_fn``: the detection loss of ``model`` for ``hyp`` (unscaled gains) at
+``img_size``, called as ``loss_fn(preds, targets, images) -> (loss, items)`` (:func:`amc.train.loss.detection_loss`)."""
 
 Batch = tuple[Tensor, Tensor]
 """``(images (B, 3, H, W) float in [0, 1], targets (n, 6) [image, class, cx, cy, w, h] normalized)``, as
@@ -310,8 +314,10 @@ class TaylorCriterion(ScoreCriterion):
     training-mode BatchNorm the filter terms sum to ~0 (the output is invariant to the filter's scale), and
     only the BatchNorm terms carry the estimate.
 
-    The loss is :class:`~amc.train.loss.YOLOv7Loss` with the model in training mode (BatchNorm on batch
-    statistics, as when the gradients are used for training). With ``ota=False`` (default, faster) the
+    The loss is ``loss(model, hyp, ota, img_size)``, called once on the first batch: the workflows pass
+    :func:`amc.train.loss.detection_loss` (:class:`~amc.train.loss.YOLOv7Loss`; :func:`amc.factory.make_criterion`
+    does), evaluated with the model in training mode (BatchNorm on batch statistics, as when the gradients are
+    used for training). The pruning engine itself imports no training code. With ``ota=False`` (default, faster) the
     plain assignment is used and an IAuxDetect model's auxiliary maps are left out, so channels that only
     feed the auxiliary heads (unused at inference) score 0. The model is restored afterwards: weights,
     BatchNorm running statistics, ``.grad`` (gradients are taken with ``torch.autograd.grad`` and never
@@ -322,21 +328,25 @@ class TaylorCriterion(ScoreCriterion):
         hyp: loss gains overriding :data:`DEFAULT_LOSS_HYP` (an official hyp file may be passed whole);
             rescaled to the model and image size with :func:`~amc.train.loss.scale_hyp`.
         ota: SimOTA assignment (with the auxiliary maps of an IAuxDetect model) instead of the plain one.
+        loss: ``(model, hyp, ota, img_size) -> loss_fn`` with ``loss_fn(preds, targets, images) -> (loss, items)``
+            (:data:`LossFactory`); required by :meth:`prepare`.
     """
 
     name = "taylor"
     needs_data = True
 
-    def __init__(self, batches: int = 16, hyp: Mapping[str, Any] | None = None, ota: bool = False) -> None:
+    def __init__(self, batches: int = 16, hyp: Mapping[str, Any] | None = None, ota: bool = False,
+                 loss: LossFactory | None = None) -> None:
         super().__init__()
         if int(batches) < 1:
             raise ConfigError(f"criterion 'taylor' needs batches >= 1, got {batches}")
-        self.batches, self.ota = int(batches), bool(ota)
+        self.batches, self.ota, self.loss = int(batches), bool(ota), loss
         self.hyp = {**DEFAULT_LOSS_HYP, **{k: v for k, v in (hyp or {}).items() if k in DEFAULT_LOSS_HYP}}
 
     def compute_scores(self, model: YOLOv7, space: PruningSpace, batches: Iterable[Batch] | None) -> list[Tensor]:
-        from amc.train.loss import YOLOv7Loss, scale_hyp  # the loss module is heavy; only this criterion needs it
-
+        if self.loss is None:
+            raise ConfigError("criterion 'taylor' scores channels by the detection loss: build it with "
+                              "amc.factory.make_criterion, or pass loss=amc.train.loss.detection_loss")
         # The parameters of every unit (dim 0 = its channels), deduplicated for one autograd call.
         per_unit: list[list[Tensor]] = []
         params: dict[int, Tensor] = {}
@@ -359,9 +369,7 @@ class TaylorCriterion(ScoreCriterion):
             for images, targets in _take_batches(batches, self.batches, self.name):
                 images = images.to(device, torch.float32)
                 if loss_fn is None:
-                    head = model.head
-                    hyp = scale_hyp(self.hyp, int(head.nl), int(head.nc), int(images.shape[2]))
-                    loss_fn = YOLOv7Loss(model, hyp, ota=self.ota)
+                    loss_fn = self.loss(model, self.hyp, self.ota, int(images.shape[2]))
                 preds = model(images)
                 if not self.ota:
                     preds = preds[: model.head.nl]  # plain assignment has no auxiliary rule

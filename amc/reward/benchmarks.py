@@ -29,8 +29,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from amc.plots import scatter_svg  # noqa: F401 (re-exported: the fidelity plot)
 from amc.atomic import atomic_write_json, atomic_write_text
-from amc.cli.app import console, print_table, rounding_from_config
+from amc.config import output_dir
+from amc.console import console, print_table
 from amc.errors import ConfigError
+from amc.factory import make_criterion, rounding_from_config
 
 # ----------------------------------------------------------------------------------------------------------
 # Rank correlation
@@ -109,7 +111,6 @@ def scale_to_budget(space, direction: np.ndarray, flops_ratio: float) -> np.ndar
 def _policies(model, space, b: DictConfig, seed: int) -> list[dict[str, Any]]:
     """The policies of the fidelity benchmark: name, kind, criterion, ratios, kept channels and selection."""
     from amc.pruning.baselines import global_magnitude_policy, uniform_policy
-    from amc.pruning.criteria import make_criterion
     from amc.pruning.selection import ChannelSelection, top_channels
 
     n = int(b.policies)
@@ -217,14 +218,6 @@ def _load(source: str, nc: int | None, seed: int):  # noqa: ANN202
     return model.eval()
 
 
-def _output_dir(out_dir: str | Path | None) -> Path:
-    if out_dir is not None:
-        return Path(out_dir)
-    from amc.cli.app import run_dir
-
-    return run_dir()
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -278,7 +271,7 @@ def fidelity_bench(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     if int(b.policies) < 2:
         raise ConfigError(f"bench.policies must be >= 2 to rank anything, got {b.policies}")
     device = _setup(b)
-    out = _output_dir(out_dir)
+    out = output_dir(out_dir)
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -498,7 +491,6 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
 def _speed_one(label: str, model, val, train, settings, b: DictConfig, seed: int,  # noqa: ANN001
                device: torch.device) -> dict[str, Any]:
     from amc.eval.nms import non_max_suppression
-    from amc.pruning.criteria import make_criterion
     from amc.pruning.physical import prune_model
     from amc.pruning.space import PruningSpace
     from amc.reward.proxy import ProxyEvaluator, recalibrate_batch_norm
@@ -574,7 +566,7 @@ def speed_bench(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     if int(b.episodes) < 1:
         raise ConfigError(f"bench.episodes must be >= 1, got {b.episodes}")
     device = _setup(b)
-    out = _output_dir(out_dir)
+    out = output_dir(out_dir)
     settings = proxy_settings(b.get("proxy"))
     _, train, search = _load_data(b)
     results: dict[str, Any] = {}

@@ -33,8 +33,9 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from amc.atomic import atomic_dir, atomic_write_json, atomic_write_text, complete_dir
-from amc.cli.app import (config_number, console, load_data_from_config, load_model_from_config, plain, print_table,
-                         rounding_from_config, search_split)
+from amc.config import config_number, parse_img_size, plain, search_split
+from amc.console import console, print_table
+from amc.factory import load_data_from_config, load_model_from_config, make_criterion, rounding_from_config
 from amc.errors import ConfigError
 # defined beside the resume rules (no torch there); readers import them from here too
 from amc.search.resume import CHECKPOINT_DIR, CONFIG_FILE, RUN_MARKER  # noqa: F401
@@ -124,8 +125,6 @@ class SearchSettings:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "SearchSettings":
-        from amc.cli.info import parse_img_size
-
         episodes = config_number(cfg, "episodes", int, 1)
         seed = config_number(cfg, "seed", int)
         img_size = parse_img_size(cfg.img_size if cfg.get("img_size") is not None else cfg.data.img_size)
@@ -185,7 +184,6 @@ class SearchSetup:
 
     def build_env(self) -> None:
         """Build the model, pruning space, evaluator and environment of the config (``self.env``, ``self.space``, ...)."""
-        from amc.pruning.criteria import make_criterion
         from amc.pruning.space import PruningSpace
         from amc.reward.functions import reward_from_config
         from envs.budget import Budget

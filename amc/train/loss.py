@@ -556,3 +556,13 @@ class YOLOv7Loss:
                 cls_term = bce_with_logits(matched[:, 5:], cls_target, cls_pw, self.focal_gamma)
         obj_term = bce_with_logits(pred[..., 4], obj_target, obj_pw, self.focal_gamma)
         return box_term, obj_term, cls_term
+
+
+def detection_loss(model: nn.Module, hyp: Mapping[str, Any], ota: bool, img_size: int) -> YOLOv7Loss:
+    """The detection loss of ``model`` for the loss gains ``hyp`` (rescaled with :func:`scale_hyp` to the model's
+    levels and classes and to ``img_size``), plain (``ota=False``) or SimOTA assignment.
+
+    This is the loss callable the Taylor channel criterion takes (:data:`amc.pruning.criteria.LossFactory`).
+    """
+    head = model.head
+    return YOLOv7Loss(model, scale_hyp(hyp, int(head.nl), int(head.nc), int(img_size)), ota=ota)
