@@ -27,17 +27,10 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from amc.atomic import atomic_file
 from amc.errors import CheckpointError, ConfigError
+from amc.gym_api import IDLE_ACTION, STEP_REWARD
 
 CHECKPOINT = "agent.pt"
 """The file :meth:`SearchAgent.save` writes into its directory (one file, so one rename makes it atomic)."""
-
-IDLE_ACTION = float("nan")
-"""The action a batched rollout sends to an environment that sits out the batch (fewer episodes left than
-environments): :class:`amc.search.parallel.LockstepEnv` answers it without stepping or evaluating anything."""
-
-STEP_REWARD = "step_reward"
-"""``info`` key where :class:`amc.search.parallel.LockstepEnv` keeps the environment's own float reward (a
-``VecEnv`` may store rewards as float32, and the serial loop reports the float64 one)."""
 
 
 @dataclass
@@ -98,13 +91,6 @@ def ratio_bounds(env: gymnasium.Env) -> tuple[float, float]:
     return lo, hi
 
 
-def requested_ratio(action: float, bounds: tuple[float, float]) -> float:
-    """The ratio the environment maps ``action`` to: ``lo + (a + 1) / 2 * (hi - lo)``, clipped to ``[lo, hi]``."""
-    lo, hi = bounds
-    a = min(max(float(action), -1.0), 1.0)
-    return min(max(lo + (a + 1.0) / 2.0 * (hi - lo), lo), hi)
-
-
 def action_mode(env: gymnasium.Env) -> str:
     """How the environment maps actions to ratios: ``absolute`` (AMC: ``lo + (a + 1) / 2 * (hi - lo)``), ``centred``
     (the deviation from the budget's uniform ratio) or ``relative`` (from the unit's fair share of the remaining
@@ -126,6 +112,7 @@ class BudgetCentredSampler:
     """
 
     def __init__(self, env: gymnasium.Env) -> None:
+        self.env = env
         self.bounds = ratio_bounds(env)
         lo, hi = self.bounds
         uniform = getattr(env.unwrapped, "uniform_ratio", None)
@@ -137,17 +124,14 @@ class BudgetCentredSampler:
         """One action (in [-1, 1]) requesting a ratio drawn from the distribution above."""
         if self.relative:
             return float(rng.uniform(-self.spread, self.spread))
-        return ratio_to_action(float(rng.uniform(self.bounds[0], self.high)), self.bounds)
+        return action_for_ratio(self.env, float(rng.uniform(self.bounds[0], self.high)))
 
 
-def ratio_to_action(ratio: float, bounds: tuple[float, float]) -> float:
-    """The float32 action that requests ``ratio``: the inverse of :func:`requested_ratio`, stepped up to the next
-    float32 where rounding would request a hair less (which could land below a channel-rounding step)."""
-    lo, hi = bounds
-    a = np.float32(np.clip(2.0 * (ratio - lo) / (hi - lo) - 1.0, -1.0, 1.0))
-    while a < 1.0 and requested_ratio(float(a), bounds) < ratio:
-        a = np.nextafter(a, np.float32(2.0))
-    return float(a)
+def action_for_ratio(env: gymnasium.Env, ratio: float) -> float:
+    """The action that requests ``ratio`` at the environment's current unit, as the environment maps actions to
+    ratios (its own ``action_for_ratio``: a float32 action that requests at least ``ratio``, never a hair less, which
+    could land below a channel-rounding step). The mapping is the environment's; agents never redo it."""
+    return float(np.asarray(env.unwrapped.action_for_ratio(float(ratio)), dtype=np.float32).reshape(-1)[0])
 
 
 class SearchAgent(ABC):
@@ -227,7 +211,7 @@ class SearchAgent(ABC):
 
         Args:
             vec_env: ``num_envs`` copies of the pruning environment, each wrapped in
-                :class:`amc.search.parallel.LockstepEnv` (see :func:`amc.search.parallel.make_vec_env`).
+                :class:`envs.vector.LockstepEnv` (see :func:`envs.vector.make_vec_env`).
             episodes: the total number of episodes, counting those already played.
             on_episode: called with each episode's report.
         """
@@ -336,7 +320,7 @@ class SearchAgent(ABC):
 
         Only tensors and plain values are read (``weights_only=True``: loading runs no code).
         """
-        from agents import AGENTS  # the registry imports this module
+        from agents import AGENTS  # deliberate: the registry (agents/__init__.py) imports this module (a cycle)
 
         path = Path(directory) / CHECKPOINT
         if not path.is_file():

@@ -9,7 +9,7 @@ import gymnasium
 import numpy as np
 from stable_baselines3.common.vec_env import VecEnv
 
-from agents.base import EpisodeReport, Rollout, SearchAgent, action_mode, ratio_bounds, ratio_to_action
+from agents.base import EpisodeReport, Rollout, SearchAgent, action_for_ratio, action_mode
 
 
 class UniformAgent(SearchAgent):
@@ -30,7 +30,7 @@ class UniformAgent(SearchAgent):
         # centred actions: 0 is the uniform ratio; relative ones: every unit's fair share, the uniform ratio when all
         # take it (a unit may keep a channel step more where the rounding of the units before it left budget over)
         self.action = (0.0 if action_mode(env) != "absolute"
-                       else ratio_to_action(float(env.unwrapped.uniform_ratio()), ratio_bounds(env)))
+                       else action_for_ratio(env, float(env.unwrapped.uniform_ratio())))
 
     def play_episode(self) -> EpisodeReport:
         started = time.perf_counter()

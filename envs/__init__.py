@@ -9,7 +9,7 @@ Importing this package registers the environment as ``amc/YOLOv7Pruning-v0``::
 
 import gymnasium
 
-from envs.budget import METRICS, Budget, BudgetEnforcer
+from amc.pruning.budget import METRICS, Budget, BudgetEnforcer
 from envs.pruning_env import FEATURES, PruningEnv
 from envs.stub import StubEvaluator
 

@@ -3,7 +3,7 @@
 An episode walks the units of a :class:`~amc.pruning.space.PruningSpace` in forward order. At each step the
 agent sees AMC's embedding of the current unit (He et al. 2018, section 3.1; ``env/channel_pruning_env.py`` of
 github.com/mit-han-lab/amc) and answers with one action in ``[-1, 1]``, mapped linearly to a sparsity ratio in
-``ratio_bounds``. :class:`~envs.budget.BudgetEnforcer` raises the ratio where needed so that the policy can
+``ratio_bounds``. :class:`~amc.pruning.budget.BudgetEnforcer` raises the ratio where needed so that the policy can
 still meet the budget (AMC's action wall), the applied ratio is recorded, and after the last unit the whole
 policy is evaluated once: the reward is 0 at every step but the last, which gets ``reward(evaluate(ratios))``.
 
@@ -30,7 +30,7 @@ from gymnasium import spaces
 from amc.errors import ConfigError
 from amc.pruning.space import PruningSpace
 from amc.reward.functions import EpisodeOutcome, RewardFunction
-from envs.budget import Budget, BudgetEnforcer
+from amc.pruning.budget import Budget, BudgetEnforcer
 
 #: The observation's features, in order (all in [0, 1]).
 #: How an action maps to a ratio (see :class:`PruningEnv`'s ``action_mode``).
@@ -61,7 +61,7 @@ class PruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             the FLOPs under a 70% budget) and cost a search its first learning episodes. ``relative``: the deviation
             from the unit's fair share, ``fair + a * (hi - lo) / 2`` clipped to ``[lo, hi]``, where ``fair`` is
             the constant ratio that would spend the remaining budget evenly over the undecided units
-            (:meth:`~envs.budget.BudgetEnforcer.fair_ratio`). Action 0 everywhere is then the uniform policy,
+            (:meth:`~amc.pruning.budget.BudgetEnforcer.fair_ratio`). Action 0 everywhere is then the uniform policy,
             and a unit kept light raises the share of every later unit a little instead of leaving the wall to
             prune the last units to ``hi``, where no action of theirs changes anything (why: an AMC agent whose
             first units ask too little sat in that corner for a whole search, README "Does the search pay?").

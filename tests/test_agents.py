@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from agents import AGENTS, DDPGAgent, RandomSearchAgent, SearchAgent, UniformAgent, agent_from_config, make_agent
-from agents.base import CHECKPOINT, ratio_to_action, requested_ratio
+from agents.base import CHECKPOINT, action_for_ratio
 from agents.noise import TruncatedNormalNoise, sample_truncated_normal
 from amc.errors import CheckpointError, ConfigError
 from amc.registry import option_names
@@ -270,10 +270,13 @@ def test_uniform_agent_plays_one_episode_at_the_uniform_ratio(tmp_path):
     assert env.unwrapped.episodes == 1 and resumed.episodes_done == 12
     with pytest.raises(ConfigError, match="already played 12"):
         resumed.run(3)
-    assert ratio_to_action(0.3, (0.0, 0.8)) == pytest.approx(-0.25)
+    # the agents map a ratio to an action through the environment (its own action_for_ratio, the inverse of its
+    # requested_ratio), never on their own
+    toy = ToyPruningEnv(ratio_bounds=(0.0, 0.8))
+    assert action_for_ratio(toy, 0.3) == pytest.approx(-0.25)
     for r in np.linspace(0.0, 0.8, 97):
-        a = ratio_to_action(float(r), (0.0, 0.8))
-        assert a == np.float32(a) and requested_ratio(a, (0.0, 0.8)) >= r
+        a = action_for_ratio(toy, float(r))
+        assert a == np.float32(a) and toy.requested_ratio(a) >= r
 
 
 def test_run_never_goes_back():

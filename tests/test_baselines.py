@@ -9,8 +9,8 @@ import torch
 from amc.errors import ConfigError
 from amc.models import YOLOv7, load_cfg
 from amc.models.io import load_model, packaged
-from amc.pruning.baselines import (check_budget, global_magnitude_policy, minimum_flops_ratio, ratios_for_widths,
-                                   uniform_policy)
+from amc.pruning.baselines import global_magnitude_policy, ratios_for_widths, uniform_policy
+from amc.pruning.budget import check_budget, minimum_flops_ratio
 from amc.pruning.depgraph import build_dependency_graph, unit_groups
 from amc.pruning.selection import top_channels
 from amc.pruning.space import ChannelRounding, PruningSpace

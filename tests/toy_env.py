@@ -36,6 +36,21 @@ class ToyPruningEnv(gymnasium.Env):
     def uniform_ratio(self) -> float:
         return self.budget
 
+    def requested_ratio(self, action: float) -> float:
+        """The ratio an action asks for (PruningEnv's absolute mode): ``lo + (a + 1) / 2 * (hi - lo)``, clipped."""
+        lo, hi = self.ratio_bounds
+        a = min(max(float(action), -1.0), 1.0)
+        return min(max(lo + (a + 1.0) / 2.0 * (hi - lo), lo), hi)
+
+    def action_for_ratio(self, ratio: float) -> np.ndarray:
+        """The float32 action (shape ``(1,)``) requesting at least ``ratio`` (PruningEnv's, absolute mode): agents
+        map ratios to actions through the environment, never on their own."""
+        lo, hi = self.ratio_bounds
+        a = np.float32(np.clip(2.0 * (float(ratio) - lo) / (hi - lo) - 1.0, -1.0, 1.0))
+        while a < 1.0 and self.requested_ratio(float(a)) < ratio:
+            a = np.nextafter(a, np.float32(2.0))
+        return np.array([a], dtype=np.float32)
+
     def _obs(self) -> np.ndarray:
         t, lo, hi = len(self.ratios), *self.ratio_bounds
         obs = np.zeros(11, np.float32)

@@ -40,6 +40,7 @@ from amc.config import compose_config, config_number, output_dir, plain, search_
 from amc.console import console, print_table
 from amc.errors import AmcError, ConfigError
 from amc.factory import load_data_from_config, load_model_from_config, rounding_from_config
+from amc.pruning.budget import global_threshold_widths
 
 METHODS = ("ddpg", "random", "uniform", "global_magnitude")
 """Every method the bench knows, in table order."""
@@ -339,7 +340,7 @@ class CompareBench:
         """
         from amc.pruning.space import PruningSpace
         from amc.search.runner import SearchSettings
-        from envs.budget import Budget, BudgetEnforcer
+        from amc.pruning.budget import Budget, BudgetEnforcer
 
         self.cfgs: dict[tuple[str, str, int], DictConfig] = {}
         for budget in self.budgets:
@@ -747,30 +748,13 @@ def _global_kept_within(space, scores: Sequence[Any], cost, fraction: float) -> 
     """Kept widths of the global magnitude ranking at the lowest threshold whose ``cost(widths)`` fits the budget.
 
     The FLOPs version is :func:`~amc.pruning.baselines.global_magnitude_policy`; this one thresholds the same
-    scores against another cost (a latency table's estimate), by bisection over the sorted scores.
+    scores against another cost (a latency table's estimate), with the same solver
+    (:func:`~amc.pruning.budget.global_threshold_widths`).
     """
-    per_unit = [np.sort(s.double().numpy()) for s in scores]
-    thresholds = np.unique(np.concatenate(per_unit))
     limit = fraction * cost(space.full_widths)
-    min_widths = space.min_widths
-
-    def kept_at(k: int) -> np.ndarray:
-        raw = (space.full_widths if k < 0 else
-               np.array([len(s) - np.searchsorted(s, thresholds[k], side="right") for s in per_unit], dtype=np.int64))
-        return np.maximum(space.round_widths(raw), min_widths)
-
-    lo, hi = -1, len(thresholds) - 1
-    if cost(kept_at(lo)) <= limit:
-        return kept_at(lo)
-    if cost(kept_at(hi)) > limit:
-        raise ConfigError(f"latency budget {fraction:g} is out of reach of the global magnitude ranking")
-    while hi - lo > 1:  # invariant: kept_at(lo) over the budget, kept_at(hi) within it
-        mid = (lo + hi) // 2
-        if cost(kept_at(mid)) <= limit:
-            hi = mid
-        else:
-            lo = mid
-    return kept_at(hi)
+    kept, _ = global_threshold_widths(space, scores, lambda widths: cost(widths) <= limit,
+                                      f"latency budget {fraction:g} is out of reach of the global magnitude ranking")
+    return kept
 
 
 def _files_digest(files: Sequence[str]) -> str:

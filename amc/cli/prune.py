@@ -27,7 +27,8 @@ from amc.eval.latency import compare_cpu_latency
 from amc.factory import load_data_from_config, load_model_from_config, make_criterion, rounding_from_config
 from amc.models.io import save_model
 from amc.pruning.apply import apply_policy
-from amc.pruning.baselines import check_budget, global_magnitude_policy, uniform_policy
+from amc.pruning.baselines import global_magnitude_policy, uniform_policy
+from amc.pruning.budget import check_budget
 from amc.pruning.finegrained import apply_finegrained, nonzero_cost
 from amc.pruning.policy import Policy
 from amc.pruning.space import PruningSpace

@@ -15,15 +15,15 @@ A budget is ``flops_ratio``: the fraction of the unpruned model's FLOPs (MACs) t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch_pruning as tp
 from torch import nn
 
-from amc.errors import ConfigError
+from amc.pruning.budget import check_budget, global_threshold_widths, smallest_scale
+from amc.pruning.depgraph import unit_groups
 from amc.pruning.space import PolicyCost, PruningSpace
 
 
@@ -54,57 +54,6 @@ class BaselineResult:
     threshold: float | None = None
 
 
-def minimum_flops_ratio(space: PruningSpace, fused: bool = False) -> float:
-    """The smallest FLOPs ratio any policy reaches (every unit at ``rounding.max_ratio``)."""
-    return space.min_cost(fused=fused).macs / _full_macs(space, fused)
-
-
-def check_budget(space: PruningSpace, flops_ratio: float, fused: bool = False) -> float:
-    """``flops_ratio`` as a float, after checking that some policy keeps at most that fraction of the FLOPs.
-
-    Raises:
-        ConfigError: not a number in (0, 1], or below :func:`minimum_flops_ratio` (the message names it).
-    """
-    try:
-        target = float(flops_ratio)
-    except (TypeError, ValueError):
-        target = float("nan")
-    if not 0.0 < target <= 1.0:  # NaN fails too
-        raise ConfigError(f"flops_ratio is the fraction of FLOPs to keep, a number in (0, 1]; got {flops_ratio!r}")
-    lowest = minimum_flops_ratio(space, fused)
-    if target < lowest:
-        raise ConfigError(f"FLOPs budget {target:g} is unreachable: with every unit at the largest sparsity "
-                          f"({space.rounding.max_ratio:g}) the model keeps {lowest:.4f} of its FLOPs; ask for at "
-                          f"least {lowest:.4f} or raise pruning.max_ratio")
-    return target
-
-
-def smallest_scale(space: PruningSpace, ratios_at: Callable[[float], np.ndarray], hi: float, flops_ratio: float,
-                   fused: bool = False, tol: float = 1e-12) -> float:
-    """The smallest ``s`` in ``[0, hi]`` whose policy ``ratios_at(s)`` keeps at most ``flops_ratio`` of the FLOPs.
-
-    The cost falls step by step as ``s`` grows (kept channels are rounded), so bisection finds the start of the
-    first step under the budget, to ``tol``. ``ratios_at(hi)`` must meet the budget.
-    """
-    budget = flops_ratio * _full_macs(space, fused)
-
-    def fits(s: float) -> bool:
-        return space.policy_cost(ratios_at(s), fused).macs <= budget
-
-    lo = 0.0
-    if fits(lo):
-        return lo
-    while hi - lo > tol:  # invariant: ratios_at(lo) is over the budget, ratios_at(hi) within it
-        mid = 0.5 * (lo + hi)
-        if mid in (lo, hi):
-            break
-        if fits(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
-
-
 def uniform_policy(space: PruningSpace, flops_ratio: float, fused: bool = False, tol: float = 1e-12) -> BaselineResult:
     """The same ratio for every unit: the smallest one whose model keeps at most ``flops_ratio`` of the FLOPs.
 
@@ -112,7 +61,7 @@ def uniform_policy(space: PruningSpace, flops_ratio: float, fused: bool = False,
     over ``[0, max_ratio]`` finds the start of the first step under the budget (to ``tol``).
 
     Raises:
-        ConfigError: the budget is below :func:`minimum_flops_ratio`.
+        ConfigError: the budget is below :func:`~amc.pruning.budget.minimum_flops_ratio`.
     """
     flops_ratio = check_budget(space, flops_ratio, fused)
     n = len(space)
@@ -136,16 +85,13 @@ def global_magnitude_policy(model: nn.Module, space: PruningSpace, flops_ratio: 
 
     Each unit keeps the channels scoring above one global threshold, its count rounded as the space rounds
     (multiple, minimum channels, ``max_ratio``); the threshold is the lowest whose rounded model meets the
-    budget, found by bisection over the sorted scores on the analytic cost.
+    budget, found by bisection over the sorted scores on the analytic cost
+    (:func:`~amc.pruning.budget.global_threshold_widths`).
 
     Raises:
         ConfigError: the budget is unreachable, or the model is fused.
     """
     flops_ratio = check_budget(space, flops_ratio, fused)
-    import torch_pruning as tp
-
-    from amc.pruning.depgraph import unit_groups
-
     if importance is None:
         importance = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer="mean")
     groups = unit_groups(model, space, DG)
@@ -160,38 +106,11 @@ def global_magnitude_policy(model: nn.Module, space: PruningSpace, flops_ratio: 
             raise RuntimeError(f"importance of unit {space.units[u].name} has {s.numel()} scores for {width} channels")
         scores.append(s)
 
-    full_macs = _full_macs(space, fused)
-    budget = flops_ratio * full_macs
-    per_unit = [np.sort(s.double().numpy()) for s in scores]
-    thresholds = np.unique(np.concatenate(per_unit)) if per_unit else np.zeros(0)
-    min_widths = space.min_widths
-
-    def kept_at(k: int) -> np.ndarray:
-        """Rounded kept widths when the channels scoring <= thresholds[k] go (k = -1: none go)."""
-        if k < 0:
-            raw = space.full_widths
-        else:
-            t = thresholds[k]
-            raw = np.array([len(s) - np.searchsorted(s, t, side="right") for s in per_unit], dtype=np.int64)
-        return np.maximum(space.round_widths(raw), min_widths)
-
-    def fits(k: int) -> bool:
-        return space.cost(kept_at(k), fused).macs <= budget
-
-    lo, hi = -1, len(thresholds) - 1  # fits(hi) (every unit at its minimum width, checked above)
-    if fits(lo):
-        hi = lo
-    else:  # invariant: not fits(lo), fits(hi)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if fits(mid):
-                hi = mid
-            else:
-                lo = mid
-    kept = kept_at(hi)
+    budget = flops_ratio * _full_macs(space, fused)
+    kept, threshold = global_threshold_widths(space, scores, lambda widths: space.cost(widths, fused).macs <= budget)
     result = _result("global-magnitude", space, ratios_for_widths(space, kept), kept, flops_ratio, fused)
     result.scores = scores
-    result.threshold = float(thresholds[hi]) if hi >= 0 else None
+    result.threshold = threshold
     return result
 
 

@@ -33,6 +33,7 @@ from amc.config import output_dir
 from amc.console import console, print_table
 from amc.errors import ConfigError
 from amc.factory import make_criterion, rounding_from_config
+from amc.pruning.budget import scale_to_budget  # noqa: F401 (re-exported: the benches' random policies)
 
 # ----------------------------------------------------------------------------------------------------------
 # Rank correlation
@@ -79,33 +80,6 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 # ----------------------------------------------------------------------------------------------------------
 # Policies at one budget
 # ----------------------------------------------------------------------------------------------------------
-
-
-def scale_to_budget(space, direction: np.ndarray, flops_ratio: float) -> np.ndarray:
-    """Ratios ``clip(s * direction, 0, max_ratio)`` with the smallest ``s`` whose model keeps <= ``flops_ratio``.
-
-    The policy keeps as much as the budget allows along ``direction`` (see
-    :func:`amc.pruning.baselines.smallest_scale`, which the uniform baseline uses with a constant direction).
-
-    Raises:
-        ConfigError: the budget is out of reach (below every unit at ``max_ratio``).
-    """
-    from amc.pruning.baselines import check_budget, smallest_scale
-
-    target = check_budget(space, flops_ratio)
-    d = np.clip(np.asarray(direction, dtype=np.float64), 0.0, None)
-    if len(d) != len(space) or not np.any(d > 0):
-        raise ValueError("direction needs one non-negative ratio per unit, not all zero")
-    max_ratio = float(space.rounding.max_ratio)
-
-    def ratios(s: float) -> np.ndarray:
-        return np.clip(s * d, 0.0, max_ratio)
-
-    hi = max_ratio / float(d[d > 0].min())  # at hi every unit with d > 0 is at max_ratio
-    if space.policy_cost(ratios(hi)).macs > target * space.full_cost.macs:
-        # units with d == 0 keep everything: the direction cannot reach the budget
-        raise ConfigError(f"no scaling of this direction reaches {target:g} of the FLOPs")
-    return ratios(smallest_scale(space, ratios, hi, target))
 
 
 def _policies(model, space, b: DictConfig, seed: int) -> list[dict[str, Any]]:

@@ -186,7 +186,7 @@ class SearchSetup:
         """Build the model, pruning space, evaluator and environment of the config (``self.env``, ``self.space``, ...)."""
         from amc.pruning.space import PruningSpace
         from amc.reward.functions import reward_from_config
-        from envs.budget import Budget
+        from amc.pruning.budget import Budget
         from envs.pruning_env import PruningEnv
 
         cfg, s = self.cfg, self.settings

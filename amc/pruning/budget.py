@@ -1,4 +1,16 @@
-"""The resource budget of a search and AMC's action wall that enforces it.
+"""The budget: how much of the unpruned model a pruned one may keep, and the one solver for "the largest setting
+that fits".
+
+Every part of amc that fits a policy to a budget does it here:
+
+* :class:`Budget` is the budget itself (a metric and a fraction), validated once (:meth:`Budget.from_config` reads
+  the ``budget`` config group with the search's one-line errors);
+* :class:`BudgetEnforcer` is AMC's action wall (the environment's, see below) and the fair share of the remaining
+  budget (:meth:`BudgetEnforcer.fair_ratio`: the uniform baseline of a search and budget-relative actions);
+* :func:`first_fitting` (over ordered discrete settings) and :func:`smallest_fitting_scale` (over a continuous
+  scale) are the bisections behind every "largest setting that fits": the wall's fair share, the uniform and
+  global-magnitude baselines (:mod:`amc.pruning.baselines`), :func:`scale_to_budget` (random policies of the
+  benches) and :func:`global_threshold_widths` (the global ranking against any cost, e.g. a latency table's).
 
 AMC's resource-constrained search (He et al. 2018, section 3.3; ``env/channel_pruning_env.py`` of
 github.com/mit-han-lab/amc) never lets an episode end over budget: before each layer is pruned, the agent's
@@ -7,7 +19,7 @@ every later layer is pruned as much as allowed. Every policy an episode produces
 can be accuracy alone.
 
 :class:`BudgetEnforcer` does that on the exact analytic cost of a :class:`~amc.pruning.space.PruningSpace`
-(FLOPs or parameters) or on a :class:`~amc.eval.latency_table.LatencyTable` estimate (latency). A unit's
+(FLOPs or parameters) or on a :class:`~amc.reward.latency_table.LatencyTable` estimate (latency). A unit's
 kept width is a step function of its ratio (channels are rounded to ``rounding.multiple``), so the cost is
 step-shaped in the ratio: the enforcer finds the first step that fits. It precomputes, once, every width each
 unit can keep and the smallest ratio that reaches it (``thresholds``, by bisection on the space's own
@@ -18,12 +30,13 @@ of full-model costs.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from amc.config import config_number
 from amc.errors import ConfigError
 from amc.pruning.space import PruningSpace
 
@@ -57,13 +70,26 @@ class Budget:
         object.__setattr__(self, "fraction", fraction)  # frozen: store the validated float
 
 
+    @classmethod
+    def from_config(cls, node: Any) -> "Budget":
+        """The ``budget`` config group (``metric`` and the fraction under the metric's name), one-line errors."""
+        metric = str(node.get("metric"))
+        if metric not in METRICS:
+            raise ConfigError(f"budget.metric must be flops, params or latency, got {metric!r}")
+        fraction = config_number(node, metric, float, prefix="budget.")
+        if not 0.0 < fraction <= 1.0:
+            raise ConfigError(f"budget.{metric} is the fraction of the unpruned model's {metric} to keep, "
+                              f"in (0, 1]; got {fraction}")
+        return cls(metric, fraction)
+
+
 class BudgetEnforcer:
     """Raises a unit's sparsity ratio just enough that the model can still meet the budget.
 
     Args:
         space: the pruning space (ratios are sparsities, in unit order).
         budget: what to limit and to which fraction.
-        latency_table: a :class:`~amc.eval.latency_table.LatencyTable` for ``space`` (needed for a latency
+        latency_table: a :class:`~amc.reward.latency_table.LatencyTable` for ``space`` (needed for a latency
             budget; anything with its ``estimate_batch(widths)`` and ``check_space(space)`` works).
         upper: the largest ratio any unit may get (default ``space.rounding.max_ratio``); the cheapest
             completion of a partial policy has every remaining unit at this ratio.
@@ -84,7 +110,7 @@ class BudgetEnforcer:
     def __init__(self, space: PruningSpace, budget: Budget, latency_table: Any = None,
                  upper: float | None = None) -> None:
         if not isinstance(budget, Budget):
-            raise ConfigError(f"budget must be an envs.budget.Budget, got {type(budget).__name__}")
+            raise ConfigError(f"budget must be an amc.pruning.budget.Budget, got {type(budget).__name__}")
         max_ratio = float(space.rounding.max_ratio)
         upper = max_ratio if upper is None else float(upper)
         if not 0.0 <= upper <= max_ratio:
@@ -193,11 +219,11 @@ class BudgetEnforcer:
         """The smallest constant ratio (in ``[0, upper]``) for every undecided unit that lets the policy meet the
         budget, given the kept widths of the decided units: the remaining budget shared out evenly.
 
-        This is the one solver for "the largest setting that fits": the uniform baseline (empty prefix) and the
-        environment's budget-relative actions (``action_mode=relative``) both use it. The cost only changes where
+        The uniform baseline of a search (empty prefix) and the environment's budget-relative actions
+        (``action_mode=relative``) both use it. The cost only changes where
         some remaining unit's width does, at one of the ``thresholds``, so the answer is the first fitting
-        threshold (found by bisection over them), nudged 1e-6 (or half the way to the next threshold) into its
-        step: the widths are those of the step's start, and mapping the ratio to an action and back (float32)
+        threshold (found by :func:`first_fitting` over them), nudged 1e-6 (or half the way to the next threshold)
+        into its step: the widths are those of the step's start, and mapping the ratio to an action and back (float32)
         cannot fall onto the previous, over-budget step. When even ``upper`` does not fit, ``upper``.
         """
         t = len(prefix_widths)
@@ -214,15 +240,10 @@ class BudgetEnforcer:
                 widths[u] = self._width(u, points[i])
             return self.cost(widths) <= self.limit
 
-        lo, hi = -1, len(points) - 1
-        if not fits(hi):
+        last = len(points) - 1
+        if not fits(last):
             return float(self.upper)
-        while hi - lo > 1:  # invariant: points[lo] over the budget (or lo = -1), points[hi] within it
-            mid = (lo + hi) // 2
-            if fits(mid):
-                hi = mid
-            else:
-                lo = mid
+        hi = first_fitting(fits, -1, last)
         start = float(points[hi])
         if start == 0.0:
             return 0.0
@@ -275,3 +296,144 @@ def _reachable_widths(space: PruningSpace) -> tuple[list[np.ndarray], list[np.nd
         widths_out.append(cands_a[sel])
         thresholds_out.append(thresholds[sel])
     return widths_out, thresholds_out
+
+
+# ---------------------------------------------------------------------------------------------- the solver
+def first_fitting(fits: Callable[[int], bool], lo: int, hi: int) -> int:
+    """The first setting in ``(lo, hi]`` that fits, by bisection: "the largest setting that fits" when settings
+    are ordered from the largest (keeps most) to the smallest and ``fits`` is monotone along them.
+
+    ``fits(hi)`` must hold and ``fits(lo)`` must not (``lo`` may be a virtual setting, e.g. -1, never evaluated).
+    """
+    while hi - lo > 1:  # invariant: setting lo over the budget (or virtual), setting hi within it
+        mid = (lo + hi) // 2
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def smallest_fitting_scale(fits: Callable[[float], bool], hi: float, tol: float = 1e-12) -> float:
+    """The smallest ``s`` in ``[0, hi]`` with ``fits(s)``, to ``tol``: the continuous :func:`first_fitting`.
+
+    ``fits`` must be monotone (pruning more never stops fitting) and ``fits(hi)`` must hold; the answer is 0 when
+    ``fits(0)``, else the start of the first step that fits (costs fall step by step: kept channels are rounded).
+    """
+    lo = 0.0
+    if fits(lo):
+        return lo
+    while hi - lo > tol:  # invariant: lo over the budget, hi within it
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+# ---------------------------------------------------------------------------------------------- FLOPs budgets
+def minimum_flops_ratio(space: PruningSpace, fused: bool = False) -> float:
+    """The smallest FLOPs ratio any policy reaches (every unit at ``rounding.max_ratio``)."""
+    return space.min_cost(fused=fused).macs / _full_macs(space, fused)
+
+
+def check_budget(space: PruningSpace, flops_ratio: float, fused: bool = False) -> float:
+    """``flops_ratio`` as a float, after checking that some policy keeps at most that fraction of the FLOPs.
+
+    Raises:
+        ConfigError: not a number in (0, 1], or below :func:`minimum_flops_ratio` (the message names it).
+    """
+    try:
+        target = float(flops_ratio)
+    except (TypeError, ValueError):
+        target = float("nan")
+    if not 0.0 < target <= 1.0:  # NaN fails too
+        raise ConfigError(f"flops_ratio is the fraction of FLOPs to keep, a number in (0, 1]; got {flops_ratio!r}")
+    lowest = minimum_flops_ratio(space, fused)
+    if target < lowest:
+        raise ConfigError(f"FLOPs budget {target:g} is unreachable: with every unit at the largest sparsity "
+                          f"({space.rounding.max_ratio:g}) the model keeps {lowest:.4f} of its FLOPs; ask for at "
+                          f"least {lowest:.4f} or raise pruning.max_ratio")
+    return target
+
+
+def smallest_scale(space: PruningSpace, ratios_at: Callable[[float], np.ndarray], hi: float, flops_ratio: float,
+                   fused: bool = False, tol: float = 1e-12) -> float:
+    """The smallest ``s`` in ``[0, hi]`` whose policy ``ratios_at(s)`` keeps at most ``flops_ratio`` of the FLOPs.
+
+    The cost falls step by step as ``s`` grows (kept channels are rounded), so bisection
+    (:func:`smallest_fitting_scale`) finds the start of the first step under the budget, to ``tol``.
+    ``ratios_at(hi)`` must meet the budget.
+    """
+    budget = flops_ratio * _full_macs(space, fused)
+    return smallest_fitting_scale(lambda s: space.policy_cost(ratios_at(s), fused).macs <= budget, hi, tol)
+
+
+def scale_to_budget(space: PruningSpace, direction: np.ndarray, flops_ratio: float) -> np.ndarray:
+    """Ratios ``clip(s * direction, 0, max_ratio)`` with the smallest ``s`` whose model keeps <= ``flops_ratio``.
+
+    The policy keeps as much as the budget allows along ``direction`` (see :func:`smallest_scale`, which the
+    uniform baseline uses with a constant direction).
+
+    Raises:
+        ConfigError: the budget is out of reach (below every unit at ``max_ratio``).
+    """
+    target = check_budget(space, flops_ratio)
+    d = np.clip(np.asarray(direction, dtype=np.float64), 0.0, None)
+    if len(d) != len(space) or not np.any(d > 0):
+        raise ValueError("direction needs one non-negative ratio per unit, not all zero")
+    max_ratio = float(space.rounding.max_ratio)
+
+    def ratios(s: float) -> np.ndarray:
+        return np.clip(s * d, 0.0, max_ratio)
+
+    hi = max_ratio / float(d[d > 0].min())  # at hi every unit with d > 0 is at max_ratio
+    if space.policy_cost(ratios(hi)).macs > target * space.full_cost.macs:
+        # units with d == 0 keep everything: the direction cannot reach the budget
+        raise ConfigError(f"no scaling of this direction reaches {target:g} of the FLOPs")
+    return ratios(smallest_scale(space, ratios, hi, target))
+
+
+def global_threshold_widths(space: PruningSpace, scores: Sequence[Any], fits: Callable[[np.ndarray], bool],
+                            unreachable: str | None = None) -> tuple[np.ndarray, float | None]:
+    """Kept widths of a global ranking: every unit drops its channels scoring at or below one threshold, kept
+    counts rounded as the space rounds (multiple, minimum channels, ``max_ratio``), at the lowest threshold whose
+    widths ``fits`` (by :func:`first_fitting` over the sorted scores).
+
+    Args:
+        space: the pruning space.
+        scores: per unit, a score per channel (torch tensors).
+        fits: whether kept widths meet the budget (FLOPs on the analytic cost, or a latency table's estimate).
+        unreachable: when given, dropping every channel the rounding allows must fit, else a
+            :class:`ConfigError` with this message (without it, that is assumed).
+
+    Returns:
+        ``(widths, threshold)``: the kept widths and the threshold (None: nothing dropped).
+    """
+    per_unit = [np.sort(s.double().numpy()) for s in scores]
+    thresholds = np.unique(np.concatenate(per_unit)) if per_unit else np.zeros(0)
+    min_widths = space.min_widths
+
+    def kept_at(k: int) -> np.ndarray:
+        """Rounded kept widths when the channels scoring <= thresholds[k] go (k = -1: none go)."""
+        if k < 0:
+            raw = space.full_widths
+        else:
+            t = thresholds[k]
+            raw = np.array([len(s) - np.searchsorted(s, t, side="right") for s in per_unit], dtype=np.int64)
+        return np.maximum(space.round_widths(raw), min_widths)
+
+    last = len(thresholds) - 1
+    if fits(kept_at(-1)):
+        return kept_at(-1), None
+    if unreachable is not None and not fits(kept_at(last)):
+        raise ConfigError(unreachable)
+    k = first_fitting(lambda i: fits(kept_at(i)), -1, last)
+    return kept_at(k), (float(thresholds[k]) if k >= 0 else None)
+
+
+def _full_macs(space: PruningSpace, fused: bool) -> int:
+    return space.cost(space.full_widths, fused).macs
