@@ -122,7 +122,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["budget.flops=0.5"], "budget.flops is 0.7 in that run, 0.5 asked"),
+    (["budget.flops=0.3"], "budget.flops is 0.5 in that run, 0.3 asked"),
     (["seed=3"], "seed is 0 in that run, 3 asked"),
     (["agent=random"], "agent.name is ddpg in that run, random asked (agent=random)"),
     (["agent.warmup=3"], "agent.warmup is 2 in that run, 3 asked"),
