@@ -16,10 +16,11 @@ import json
 import torch
 from omegaconf import OmegaConf
 
+from amc.bench.common import demo_splits, seeded_model, spearman
+from amc.bench.fidelity import fidelity_policies
 from amc.factory import rounding_from_config
-from amc.reward.benchmarks import _load, _load_data, _policies, proxy_settings, spearman
 from amc.pruning.space import PruningSpace
-from amc.reward.proxy import ProxyEvaluator
+from amc.reward.proxy import ProxyEvaluator, proxy_settings
 
 
 def main() -> None:
@@ -36,10 +37,10 @@ def main() -> None:
     ref = json.load(open(args.results))
     b = OmegaConf.load("conf/bench/fidelity.yaml")  # the bench's defaults, with that run's budget and seed
     b.budget, seed = float(ref["settings"]["budget"]), int(ref["settings"]["seed"])
-    _, train, search = _load_data(b)
-    model = _load(str(b.model), b.get("nc"), seed)
+    _, train, search = demo_splits(b)
+    model = seeded_model(str(b.model), b.get("nc"), seed)
     space = PruningSpace.from_model(model, int(b.img_size), rounding_from_config(b.pruning))
-    policies = _policies(model, space, b, seed)
+    policies = fidelity_policies(model, space, b, seed)
     if [round(p["flops_ratio"], 6) for p in policies] != [round(p["flops_ratio"], 6) for p in ref["policies"]]:
         raise SystemExit("these are not the policies of that run (another config or seed)")
     finetuned = [p["finetuned_map50_95"] for p in ref["policies"]]

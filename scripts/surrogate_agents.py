@@ -45,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # amc, agents, envs, conf of this checkout; search_learning beside it
 from search_learning import read_episodes  # noqa: E402
 
-from amc.reward.benchmarks import spearman  # noqa: E402
+from amc.bench.common import spearman  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- the surrogate
@@ -113,7 +113,7 @@ def surrogate_search(agent_overrides: Sequence[str], seed: int, budget: str, epi
 
     from agents import agent_from_config
     from amc.config import plain
-    from amc.search.runner import SearchSetup
+    from amc.search.setup import SearchSetup
 
     with initialize_config_module(config_module="conf", version_base="1.3"):
         cfg = compose("search", overrides=["evaluator=stub", "reward=recovery", f"budget.flops={budget}",

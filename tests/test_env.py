@@ -12,7 +12,7 @@ import torch
 
 import envs
 from amc.errors import ConfigError
-from amc.eval.latency_table import BlockEntry, LatencyTable, TableKey, grid_points
+from amc.reward.latency_table import BlockEntry, LatencyTable, TableKey, grid_points
 from amc.models.io import load_model
 from amc.pruning.baselines import uniform_policy
 from amc.pruning.space import ChannelRounding, PruningSpace

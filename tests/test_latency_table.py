@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from amc.errors import ConfigError
-from amc.eval.latency_table import (LatencyTable, TableKey, conv_block_onnx, grid_points, monotone_grid,
+from amc.reward.latency_table import (LatencyTable, TableKey, conv_block_onnx, grid_points, monotone_grid,
                                     validate_table)
 from amc.models import YOLOv7, load_cfg
 from amc.models.io import packaged
@@ -188,7 +188,7 @@ def test_validate_table_on_physically_pruned_models(tiny, table, monkeypatch):
     """validate_table prunes, fuses and times each policy's model with the table's settings, and reports each
     estimate's error against that model's time. The timing is replaced by a known latency model (the real
     comparison on a machine is ``amc-bench bench=latency``), so every figure has an exact expected value."""
-    import amc.eval.latency_table as latency_table
+    import amc.reward.latency_table as latency_table
     from amc.eval.latency import Latency
     from amc.pruning.baselines import uniform_policy
 

@@ -18,8 +18,8 @@ from hydra import compose, initialize_config_dir
 
 from agents import DDPGAgent, RandomSearchAgent, SearchAgent, UniformAgent
 from amc.errors import ConfigError
-from amc.search.parallel import make_vec_env
 from amc.search.runner import SearchRunner, load_resume_config
+from envs.vector import make_vec_env
 from toy_env import Recorder, ToyPruningEnv
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

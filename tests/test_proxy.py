@@ -106,7 +106,7 @@ def test_conf_proxy_default_equals_the_code_defaults():
 
     import yaml
 
-    from amc.reward.benchmarks import proxy_settings
+    from amc.reward.proxy import proxy_settings
 
     node = yaml.safe_load((Path(__file__).parents[1] / "conf" / "proxy" / "default.yaml").read_text())
     from_conf, code = proxy_settings(node), ProxySettings()
@@ -140,7 +140,7 @@ def test_short_recovery_distils_a_copy_and_is_deterministic(demo):
 def test_episode_outcome_carries_the_recovery_loss_for_reward_recovery(demo):
     """The search's evaluator hands the recovery loss to the reward (reward=recovery is minus it); None without steps."""
     from amc.reward.functions import make_reward
-    from amc.search.evaluation import ProxyPolicyEvaluator
+    from amc.reward.evaluation import ProxyPolicyEvaluator
 
     model, space, _, val, train = demo
     criterion = make_criterion("l1")

@@ -1,5 +1,6 @@
-"""The reward evaluator's benchmarks (amc/reward/benchmarks.py): Spearman, budget scaling, the plot, and both
-benches end to end on the tiny demo data with tiny settings (their real runs are `amc-bench bench=fidelity|speed`)."""
+"""The reward evaluator's benchmarks (amc/bench/fidelity.py, amc/bench/speed.py, amc/bench/common.py): Spearman,
+budget scaling (amc/pruning/budget.py), the plot, and both benches end to end on the tiny demo data with tiny
+settings (their real runs are `amc-bench bench=fidelity|speed`)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,13 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
 
+from amc.bench.common import average_ranks, spearman
+from amc.bench.fidelity import fidelity_bench
+from amc.bench.speed import speed_bench
 from amc.errors import ConfigError
-from amc.reward.benchmarks import (average_ranks, fidelity_bench, proxy_settings, scale_to_budget, scatter_svg,
-                                   spearman, speed_bench)
+from amc.plots import scatter_svg
+from amc.pruning.budget import scale_to_budget
+from amc.reward.proxy import proxy_settings
 
 
 def bench_cfg(name: str, *overrides: str):

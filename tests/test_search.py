@@ -229,7 +229,7 @@ def test_the_search_scores_policies_on_its_own_split_never_on_val(tiny_demo, tmp
     subset of train_split for user data), are disjoint from data.split's, and the run records which split."""
     from hydra import compose, initialize_config_module
 
-    from amc.search.runner import SearchSetup
+    from amc.search.setup import SearchSetup
 
     root, _, val = tiny_demo
     val_files = {os.path.realpath(r.path) for r in val.images}

@@ -11,7 +11,7 @@ For every budget x method x seed (a *cell*) the bench finds a policy and scores 
 * **full-val mAP**: the physically pruned model after adaptive BN on the val split, amc-eval's protocol
   (:class:`~amc.eval.evaluator.DetectionEvaluator`, COCOeval, official NMS settings);
 * **fine-tuned mAP**: the same model after the same short fine-tune for every method
-  (:func:`amc.reward.benchmarks.finetune_pruned`, seeded by the cell's seed), scored like the full-val mAP.
+  (:func:`amc.bench.common.finetune_pruned`, seeded by the cell's seed), scored like the full-val mAP.
 
 Each cell is written atomically to ``cells/<budget>/<method>/seed<k>.json`` as soon as it is done; a rerun in the
 same directory (``bench.resume=<dir>`` or the same ``hydra.run.dir``) reads finished cells back and resumes an
@@ -21,10 +21,12 @@ table, ``results.md``, ``results.json`` and two plots (``map_vs_flops.svg``, ``r
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import math
 import os
+import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -33,14 +35,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from amc.atomic import atomic_write_json, atomic_write_text
+from amc.bench.common import finetune_pruned
 from amc.config import compose_config, config_number, output_dir, plain, search_split
 from amc.console import console, print_table
+from amc.data.loaders import EvalSet, TrainSet, sample_batches
+from amc.device import select_device
 from amc.errors import AmcError, ConfigError
+from amc.eval.evaluator import DetectionEvaluator, EvalSettings, check_classes
 from amc.factory import load_data_from_config, load_model_from_config, rounding_from_config
-from amc.pruning.budget import global_threshold_widths
+from amc.plots import line_svg, scatter_svg
+from amc.pruning.baselines import global_magnitude_policy, ratios_for_widths, uniform_policy
+from amc.pruning.budget import Budget, BudgetEnforcer, global_threshold_widths
+from amc.pruning.physical import prune_model
+from amc.pruning.selection import ChannelSelection, top_channels
+from amc.pruning.space import PruningSpace
+from amc.reward.latency_table import LatencyTable
+from amc.reward.proxy import proxy_settings, recalibrate_batch_norm
+from amc.search.rundir import CONFIG_FILE, load_resume_config
+from amc.search.runner import SearchRunner
+from amc.search.settings import SearchSettings
+from amc.search.setup import SearchSetup
 
 METHODS = ("ddpg", "random", "uniform", "global_magnitude")
 """Every method the bench knows, in table order."""
@@ -245,8 +263,6 @@ def search_failed(episodes: Sequence[dict[str, Any]], window: int = 15) -> bool 
 
 def read_episodes(path: Path) -> list[dict[str, Any]]:
     """The records of a search's ``episodes.jsonl`` (or its gzipped copy ``episodes.jsonl.gz``); [] when absent."""
-    import gzip
-
     for candidate, opener in ((path, open), (path.with_name(path.name + ".gz"), gzip.open)):
         if candidate.is_file():
             with opener(candidate, "rt") as f:
@@ -338,10 +354,6 @@ class CompareBench:
             ConfigError: an override that does not compose, a bad search setting, or a budget the model cannot
                 reach with the searches' ratio bounds (one line, naming the budget).
         """
-        from amc.pruning.space import PruningSpace
-        from amc.search.runner import SearchSettings
-        from amc.pruning.budget import Budget, BudgetEnforcer
-
         self.cfgs: dict[tuple[str, str, int], DictConfig] = {}
         for budget in self.budgets:
             for method in self.methods:
@@ -374,9 +386,6 @@ class CompareBench:
 
     def _latency_table(self, cfg: DictConfig):  # noqa: ANN202
         """The latency table every latency search shares, loaded or measured now (the budget check needs it)."""
-        from amc.device import select_device
-        from amc.eval.latency_table import LatencyTable
-
         lat_cfg = self.cfgs[next(k for k in self.cfgs if k[0].startswith("latency:"))]
         console.print(f"latency lookup table for the latency budgets: {self.table_path}")
         return LatencyTable.load_or_build(self.table_path, self.model, self.space,
@@ -389,15 +398,9 @@ class CompareBench:
     # ------------------------------------------------------------------ evaluation shared by the cells
     def _prepare_scoring(self) -> None:
         """The full-val evaluator, its BN batches and the fine-tune training set (built once for every cell)."""
-        from amc.data.loaders import EvalSet, TrainSet, sample_batches
-        from amc.device import select_device
-        from amc.eval.evaluator import DetectionEvaluator, EvalSettings, check_classes
-
         cfg, f, ft = self.base_cfg, self.b.full, self.b.finetune
         threads = int(cfg.device.get("threads") or 0)
         if threads:
-            import torch
-
             torch.set_num_threads(threads)
         self.device = select_device(str(cfg.device.name))
         self.img_size = int(f.img_size) if f.get("img_size") is not None else int(cfg.data.img_size)
@@ -430,7 +433,6 @@ class CompareBench:
         :class:`~amc.reward.proxy.ProxyEvaluator`; each cell checks its evaluator's against them). A bench whose
         two sets share an image is refused: it would select policies on the images it reports.
         """
-        from amc.reward.benchmarks import proxy_settings
 
         split = search_split(cfg.data)
         proxy = proxy_settings(cfg.evaluator.get("proxy")) if str(cfg.evaluator.name) == "proxy" else None
@@ -453,8 +455,6 @@ class CompareBench:
 
     def _score(self, pruned, seed: int) -> tuple[float, float | None]:  # noqa: ANN001
         """Full-val mAP after adaptive BN, and after the short fine-tune (``None`` when it is skipped)."""
-        from amc.reward.benchmarks import finetune_pruned
-        from amc.reward.proxy import recalibrate_batch_norm
 
         pruned = pruned.to(self.device)
         if self.bn_batches:
@@ -497,7 +497,6 @@ class CompareBench:
             record, setup, selection = self._search_cell(cfg, cell_dir / "search")
         else:
             record, setup, selection = self._baseline_cell(cfg, cell_dir, budget, method)
-        from amc.pruning.physical import prune_model
 
         space = setup.space
         files = getattr(setup.evaluate, "image_files", None)
@@ -518,7 +517,6 @@ class CompareBench:
 
     def _search_cell(self, cfg: DictConfig, search_dir: Path):  # noqa: ANN202
         """Run (or resume, or read back) the cell's search; its best policy's channels, as the search exports them."""
-        from amc.search.runner import CONFIG_FILE, SearchRunner, load_resume_config
 
         if (search_dir / CONFIG_FILE).is_file():  # an interrupted bench: continue the search where it stopped
             cfg = load_resume_config(search_dir)
@@ -536,9 +534,6 @@ class CompareBench:
 
     def _baseline_cell(self, cfg: DictConfig, cell_dir: Path, budget: CompareBudget, method: str):  # noqa: ANN202
         """A baseline's policy, scored by the evaluator the search of the same config would use."""
-        from amc.pruning.baselines import global_magnitude_policy, ratios_for_widths, uniform_policy
-        from amc.pruning.selection import ChannelSelection, top_channels
-        from amc.search.runner import SearchSetup
 
         setup = SearchSetup(cfg, cell_dir)
         # the search's own building path (the parallel workers use it too): model, space, criterion, evaluator
@@ -712,7 +707,6 @@ class CompareBench:
                       f"{self.out / 'reward_curves.svg'}")
 
     def _map_vs_flops(self, cells: dict[str, dict[str, list[dict[str, Any]]]]) -> Path:
-        from amc.plots import scatter_svg
 
         metric = "map_finetuned" if self.finetune_epochs > 0 else "map_full"
         points = [(m, r["flops_ratio"], r[metric]) for methods in cells.values() for m, recs in methods.items()
@@ -727,7 +721,6 @@ class CompareBench:
         return atomic_write_text(self.out / "map_vs_flops.svg", svg)
 
     def _reward_curves(self, cells: dict[str, dict[str, list[dict[str, Any]]]]) -> Path:
-        from amc.plots import line_svg
 
         series = {}
         for key, methods in cells.items():
@@ -764,10 +757,6 @@ def _files_digest(files: Sequence[str]) -> str:
 
 def _machine(device: Any) -> dict[str, Any]:
     """What the cells ran on: a re-run elsewhere moves a cell by run-to-run floating-point differences."""
-    import platform
-
-    import torch
-
     return {"torch": torch.__version__, "device": str(device), "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available()
             else None}

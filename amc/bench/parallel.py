@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from amc.atomic import atomic_write_json
-from amc.config import config_number, run_dir
+from amc.config import config_number, output_dir
 from amc.console import console, print_table
 from amc.errors import ConfigError
 from amc.search.parallel import episodes_per_hour
@@ -60,8 +60,9 @@ def _search(overrides: list[str], threads: int, timeout_s: float, out: Path) -> 
     return json.loads((out / "results.json").read_text()), wall
 
 
-def parallel_bench(cfg: DictConfig) -> dict[str, Any]:
-    """Episodes/hour of the demo search (proxy evaluator) for each ``bench.workers`` count; returns the results."""
+def parallel_bench(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Episodes/hour of the demo search (proxy evaluator) for each ``bench.workers`` count, each search in
+    ``out_dir/workers-N`` (default: the Hydra run directory); returns the results."""
     b = cfg.bench
     workers, search = _settings(b)
     episodes = config_number(b, "episodes", int, 1, prefix="bench.")
@@ -72,7 +73,7 @@ def parallel_bench(cfg: DictConfig) -> dict[str, Any]:
     device = str(b.device)
     if device.split(":")[0] not in ("cpu", "cuda"):
         raise ConfigError(f"bench.device must be cpu, cuda or cuda:N, got {device!r}")
-    out_dir = run_dir()
+    out_dir = output_dir(out_dir)
     rows: list[dict[str, Any]] = []
     for n in workers:
         console.print(f"workers={n}: {episodes} episodes ({warmup} warm-up) on {device}, {threads or 'default'} "

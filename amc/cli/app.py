@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -20,10 +20,8 @@ import conf
 from amc.cli.preflight import command_name, preflight
 from amc.config import run_dir
 from amc.errors import AmcError, ConfigError
+from amc.resume import ResumeRule
 from amc.runlock import lock_run_dir
-
-if TYPE_CHECKING:
-    from amc.resume import ResumeRule
 
 #: Hydra finds the configs in the ``conf`` package, from a source checkout and from an installed wheel alike.
 CONFIG_PATH = "pkg://conf"

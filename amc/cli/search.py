@@ -17,14 +17,15 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from amc.cli.app import amc_app, run_dir
+from amc.cli.app import amc_app
+from amc.config import run_dir
+from amc.resume import apply_changes, record_changes, resume_changes, task_overrides
 from amc.search.resume import SEARCH_RESUME
 
 
 @amc_app("search", resume=SEARCH_RESUME)
 def main(cfg: DictConfig) -> dict:
-    from amc.resume import apply_changes, record_changes, resume_changes, task_overrides
-    from amc.search.runner import SearchRunner, load_resume_config
+    from amc.search.runner import SearchRunner, load_resume_config  # torch: kept off start-up so --help is fast
 
     out = run_dir()
     changes = {}

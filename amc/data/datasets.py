@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 from PIL import Image, UnidentifiedImageError
 
+from amc.data.synthetic import SPLITS, generate_demo_dataset
 from amc.errors import ConfigError
 
 IMAGE_SUFFIXES = (".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp")
@@ -377,8 +378,6 @@ def demo_root() -> Path:
 
 def ensure_demo_split(root: Path, split: str) -> None:
     """Generate one split of the demo dataset into ``root`` unless it is already there (deterministic)."""
-    from amc.data.synthetic import SPLITS, generate_demo_dataset
-
     if split not in SPLITS:
         raise ConfigError(f"the demo dataset has splits {', '.join(SPLITS)}, not {split!r}")
     if (root / f"{split}.json").is_file():

@@ -108,7 +108,8 @@ def _calibration_images(cfg: DictConfig, s: dict[str, Any]):  # noqa: ANN202
 
 
 def export(cfg: DictConfig, out: str | Path) -> dict:
-    """The export workflow on a composed ``conf/export.yaml``, writing into ``out``; returns ``metrics.json``'s content."""
+    """The export workflow on a composed ``conf/export.yaml``, writing into ``out``; returns ``metrics.json``'s
+    content."""
     out = Path(out)
     s = _settings(cfg)
     model, names, source = load_model_from_config(cfg.model)

@@ -30,7 +30,8 @@ from amc.data.loaders import EvalSet, TrainSet, sample_batches
 from amc.device import select_device
 from amc.errors import CheckpointError, ConfigError
 from amc.eval.evaluator import DetectionEvaluator, check_classes
-from amc.factory import load_data_from_config, load_model_from_config, make_criterion, model_source, rounding_from_config
+from amc.factory import (load_data_from_config, load_model_from_config, make_criterion, model_source,
+                         rounding_from_config)
 from amc.finetune.resume import CONFIG_FILE, FINETUNE_RESUME, RUN_MARKER, START_DIR
 from amc.models import load_model
 from amc.models.io import ARCH_FILE, resolve_path, save_model
@@ -40,7 +41,7 @@ from amc.pruning.policy import Policy
 from amc.pruning.space import PruningSpace
 from amc.resume import apply_changes, resume_changes
 from amc.search.resume import CONFIG_FILE as SEARCH_CONFIG, RUN_MARKER as SEARCH_MARKER
-from amc.search.runner import BEST_POLICY_FILE, check_writable
+from amc.search.rundir import BEST_POLICY_FILE, check_writable
 from amc.train.distill import DistillationLoss, check_teacher, collect_features, feature_layers
 from amc.train.loss import YOLOv7Loss, scale_hyp
 from amc.train.trainer import Trainer, TrainConfig, fitness

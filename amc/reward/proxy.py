@@ -13,11 +13,13 @@ An episode then only runs: slice the pruned model (or set the masks) -> BN passe
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import torch
 from torch import nn
 
+from amc.config import plain
 from amc.data.datasets import DetectionDataset
 from amc.data.loaders import EvalSet, sample_batches
 from amc.errors import ConfigError
@@ -233,3 +235,16 @@ class ProxyEvaluator:
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def proxy_settings(overrides: Any = None) -> ProxySettings:
+    """:class:`ProxySettings` with ``overrides`` (a mapping or config node, e.g. the search's ``evaluator.proxy``;
+    unknown keys are an error; ``eval`` may be a mapping of :class:`~amc.eval.evaluator.EvalSettings`)."""
+    values = dict(plain(overrides) or {})
+    known = {f.name for f in fields(ProxySettings)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown proxy setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    if isinstance(values.get("eval"), dict):
+        values["eval"] = EvalSettings(**values["eval"])
+    return ProxySettings(**values)

@@ -22,6 +22,7 @@ import torch
 
 from amc.errors import ConfigError
 from amc.models.yolo import YOLOv7
+from amc.train.distill import output_distillation
 
 
 @dataclass
@@ -83,8 +84,6 @@ class ShortRecovery:
 
     def __call__(self, student: YOLOv7) -> float:
         """Train ``student`` in place (left in eval mode); returns the mean distillation loss of the last pass."""
-        from amc.train.distill import output_distillation
-
         s = self.settings
         if s.steps == 0:
             return float("nan")

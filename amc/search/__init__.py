@@ -1,6 +1,9 @@
-"""The search runner behind ``amc-search``: builds model, data, evaluator, environment and agent from the
-config, runs the episodes with TensorBoard logging and checkpoints, exports the best policy and the pruned model.
+"""The search behind ``amc-search``: :mod:`~amc.search.settings` (the config, checked),
+:mod:`~amc.search.setup` (model, pruning space, evaluator and environment built from it),
+:mod:`~amc.search.runner` (the agent playing the episodes, TensorBoard logging, checkpoints, resume),
+:mod:`~amc.search.report` (the end: uniform at the same budget, export, timing, results), in one run directory
+(:mod:`~amc.search.rundir`); :mod:`~amc.search.parallel` builds the worker processes of parallel episodes.
 
 Data flows one way: model -> pruning space (:mod:`amc.pruning`) -> environment (:mod:`envs`) -> agent
-(:mod:`agents`) -> evaluator (:mod:`amc.reward`, wrapped by :mod:`amc.search.evaluation`) -> export.
+(:mod:`agents`) -> evaluator (:mod:`amc.reward`) -> export.
 """

@@ -26,6 +26,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from torch.utils.tensorboard import SummaryWriter
 
+from amc.plots import line_svg
+
 TENSORBOARD_DIR = "tensorboard"
 EPISODE_LOG = "episodes.jsonl"
 
@@ -160,8 +162,6 @@ def reward_curves_svg(run_dir: Path, title: str, references: dict[str, float] | 
 
     ``references`` adds horizontal lines (e.g. the reward of uniform pruning at the same budget).
     """
-    from amc.plots import line_svg
-
     names = {"search/reward": "episode reward", "search/best_reward": "best reward so far",
              "search/map50_95": "proxy mAP@0.5:0.95"}
     curves = read_scalars(run_dir, tuple(names))

@@ -60,6 +60,8 @@ from amc.errors import ConfigError
 from amc.eval.latency import (DEFAULT_WARMUP, ONNX_OPSET, check_backend, compare_latency, device_name,
                               latency_session, run_interleaved)
 from amc.models.yolo import YOLOv7
+from amc.pruning.criteria import make_criterion
+from amc.pruning.physical import prune_model
 
 FORMAT = "amc-latency-table/1"
 
@@ -679,9 +681,6 @@ def validate_table(table: LatencyTable, model: nn.Module, space, policies: Seque
             :class:`~amc.pruning.criteria.Criterion`. Latency does not depend on the choice.
         warmup, runs, rounds, device: as in :func:`~amc.eval.latency.compare_latency`.
     """
-    from amc.pruning.criteria import make_criterion
-    from amc.pruning.physical import prune_model
-
     table.check_space(space)
     named = dict(policies) if isinstance(policies, Mapping) else {f"policy{i}": p for i, p in enumerate(policies)}
     if "unpruned" in named:

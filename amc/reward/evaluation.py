@@ -4,18 +4,19 @@ The environment hands the evaluator the applied ratios at the end of an episode;
 kept channels (the configured criterion picks which), scores the pruned model with the
 :class:`~amc.reward.proxy.ProxyEvaluator`, counts its FLOPs and params analytically on the pruning space and,
 when the budget or the reward needs it, estimates its latency from the per-unit
-:class:`~amc.eval.latency_table.LatencyTable` (measured once per device and input size).
+:class:`~amc.reward.latency_table.LatencyTable` (measured once per device and input size).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import numpy as np
 
-from amc.eval.latency_table import LatencyTable
 from amc.pruning.criteria import Criterion
 from amc.pruning.space import PruningSpace
 from amc.reward.functions import EpisodeOutcome
+from amc.reward.latency_table import LatencyTable
 from amc.reward.proxy import ProxyEvaluator, ProxyResult
 
 

@@ -1,0 +1,154 @@
+"""What a search is made of, built from its config: the model, its pruning space, the channel criterion, the
+latency table, the episode evaluator and the pruning environment (:class:`SearchSetup`).
+
+The runner (:mod:`amc.search.runner`) builds one in its own process; with ``workers: N`` every worker process
+(:mod:`amc.search.parallel`) builds its own from the same config.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from amc.config import config_number, plain, search_split
+from amc.console import console
+from amc.data.datasets import cache_dir
+from amc.data.loaders import sample_batches
+from amc.device import select_device
+from amc.errors import ConfigError
+from amc.factory import load_data_from_config, load_model_from_config, make_criterion, rounding_from_config
+from amc.pruning.space import PruningSpace
+from amc.reward.evaluation import ProxyPolicyEvaluator
+from amc.reward.functions import reward_from_config
+from amc.reward.latency_table import LatencyTable
+from amc.reward.proxy import ProxyEvaluator, proxy_settings
+from amc.search.settings import SearchSettings
+from envs.pruning_env import PruningEnv
+from envs.stub import StubEvaluator
+
+
+class SearchSetup:
+    """Model, pruning space, evaluator and environment of a search, built from its config.
+
+    The runner builds one; with ``workers > 1`` every worker process of :mod:`amc.search.parallel` builds its
+    own from the same config (its own model copy and evaluator), seeded alike, so an episode's outcome does not
+    depend on which process evaluated it.
+
+    Args:
+        cfg: the composed ``conf/search.yaml``.
+        run_dir: the run directory (a latency table is read from, or written to, it).
+        worker: ``(rank, workers)`` in a worker process: no console notes, and ``device.threads: 0`` means the
+            machine's cores divided among the workers; ``cuda`` spreads the workers over the visible GPUs.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, worker: tuple[int, int] | None = None) -> None:
+        self.cfg, self.run_dir, self.worker = cfg, Path(run_dir), worker
+        self.settings = SearchSettings.from_config(cfg)
+
+    def _note(self, message: str) -> None:
+        if self.worker is None:  # N workers printing the same set-up lines would only repeat the main process
+            console.print(message)
+
+    def build_env(self) -> None:
+        """Build the model, pruning space, evaluator and environment of the config (``self.env``, ``self.space``, ...)."""
+        cfg, s = self.cfg, self.settings
+        self.device = self._device()
+        reward = reward_from_config(cfg.reward)
+        criterion_name = str(cfg.evaluator.get("criterion") or "l1")
+        criterion = make_criterion(criterion_name, seed=s.seed, **(plain(cfg.evaluator.get("criterion_options")) or {}))
+        rounding = rounding_from_config(cfg.pruning)
+        torch.manual_seed(s.seed)
+        np.random.seed(s.seed)
+
+        self.model, names, self.source = load_model_from_config(cfg.model)
+        self.model.eval()
+        self.space = PruningSpace.from_model(self.model, s.img_size, rounding)
+        if s.ratio_bounds[1] > rounding.max_ratio + 1e-12:
+            raise ConfigError(f"ratio_bounds high {s.ratio_bounds[1]} is above pruning.max_ratio "
+                              f"{rounding.max_ratio}: lower it or raise pruning.max_ratio")
+        self.latency_table = None
+        if s.budget_metric == "latency" or reward.needs_latency:
+            self.latency_table = self._latency_table()
+        self.budget = s.budget
+        self.criterion = criterion
+        self.evaluate = self._evaluator()
+        if reward.needs_recovery and not getattr(self.evaluate, "reports_recover_loss", False):
+            raise ConfigError(f"reward={reward.name} scores the loss left after the proxy's recovery steps: "
+                              f"set evaluator.proxy.recover_steps > 0 (e.g. 30)")
+        self.criterion_name = criterion.name
+        self.env = PruningEnv(self.space, self.evaluate, reward, self.budget, ratio_bounds=s.ratio_bounds,
+                              latency_table=self.latency_table, action_mode=s.action_mode)
+        self.env.reset(seed=s.seed)
+
+    def _device(self) -> torch.device:
+        d = self.cfg.device
+        threads = config_number(d, "threads", int, 0, prefix="device.")
+        name = str(d.name)
+        if self.worker is not None:
+            threads = worker_threads(threads, self.worker[1])
+            name = worker_device(name, self.worker[0])
+        if threads:
+            torch.set_num_threads(threads)
+        return select_device(name)
+
+    def _latency_table(self):  # noqa: ANN202
+        b = self.cfg.budget
+        path = Path(str(b.table)) if b.get("table") else self.run_dir / "latency_table.json"
+        threads = int(self.cfg.device.threads) or None
+        self._note(f"latency lookup table: {path} ({self.cfg.device.latency_backend})")
+        return LatencyTable.load_or_build(path, self.model, self.space, backend=str(self.cfg.device.latency_backend),
+                                          threads=threads, device=self.device, grid=int(b.get("grid", 4)),
+                                          runs=int(b.get("runs", 8)))
+
+    def _evaluator(self):  # noqa: ANN202
+        """The episode evaluator (ratios -> EpisodeOutcome) the config names; prepares the channel criterion."""
+        ev = self.cfg.evaluator
+        criterion = self.criterion
+        name = str(ev.get("name"))
+        if name == "stub":
+            if criterion.needs_data:
+                raise ConfigError(f"evaluator=stub reads no data: use a data-free criterion (l1, l2, bn, random), "
+                                  f"not {criterion.name}")
+            criterion.prepare(self.model, self.space)
+            return StubEvaluator(self.space, latency_table=self.latency_table)
+        if name != "proxy":
+            raise ConfigError(f"evaluator.name must be proxy or stub, got {name!r}")
+        settings = proxy_settings(ev.get("proxy"))
+        # held out: policies are scored on the search split, results are reported on data.split (val)
+        self.search_split = search_split(self.cfg.data)
+        val = load_data_from_config(self.cfg.data, self.search_split)
+        train = load_data_from_config(self.cfg.data, str(self.cfg.data.get("train_split") or "train")) \
+            if settings.adaptive_bn else None
+        batches = None
+        if criterion.needs_data:
+            batches = sample_batches(train or val, 4, 8, settings.img_size, seed=self.settings.seed)
+        criterion.prepare(self.model, self.space, batches)
+        cache = None
+        if bool(ev.get("cache", True)):
+            cache = str(cache_dir())
+        self._note(f"preparing the proxy evaluator: {settings.val_images} images of the {self.search_split} split "
+                   f"at {settings.img_size} px, "
+                   f"{settings.bn_batches}x{settings.bn_batch_size} BN images, on {self.device}")
+        proxy = ProxyEvaluator(self.model, self.space, val, train, settings, self.device, cache_dir=cache)
+        return ProxyPolicyEvaluator(self.space, proxy, criterion, self.latency_table)
+
+
+def worker_threads(threads: int, workers: int) -> int:
+    """Torch CPU threads of one worker: ``device.threads`` when set, else the machine's cores shared out (N workers
+    each taking every core would fight over them)."""
+    if threads:
+        return int(threads)
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def worker_device(name: str, rank: int) -> str:
+    """The device of worker ``rank``: ``cuda`` spreads the workers over the visible GPUs round-robin (one model copy
+    per worker on its GPU); ``cuda:N``, ``cpu`` and ``auto`` stay as they are."""
+    if name.strip().lower() != "cuda":
+        return name
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return f"cuda:{rank % count}" if count > 1 else name
