@@ -16,6 +16,10 @@ from conftest import FIXTURES, fixture_io, fixture_meta, mini_cfg, randomize_
 
 HYP_DIR = Path(__file__).parents[1] / "conf" / "hyp"
 PARITY_ATOL = 1e-6  # measured: 0.0 with torch's default threads; reductions may round differently otherwise
+# relative: the yolov7-e6e (four-level + auxiliary heads) losses differ from the official ones by 1.3e-5 relative on an
+# AMD EPYC VM with numpy 2.4 (the same code gave 0.0 elsewhere): float32 sums in another order. A wrong term or
+# assignment moves the loss by 1e-3 or more, far outside this.
+PARITY_RTOL = 5e-5
 
 
 def tiny_setup() -> tuple[YOLOv7, dict, dict[str, torch.Tensor], list[torch.Tensor]]:
@@ -36,8 +40,8 @@ def assert_official(loss: torch.Tensor, items: torch.Tensor, ref_loss: torch.Ten
                     ref_items: torch.Tensor | list[float]) -> None:
     ref_loss, ref_items = torch.as_tensor(ref_loss).reshape(()), torch.as_tensor(ref_items)
     assert loss.shape == () and items.shape == (4,)
-    torch.testing.assert_close(loss, ref_loss, atol=PARITY_ATOL, rtol=1e-6)
-    torch.testing.assert_close(items, ref_items, atol=PARITY_ATOL, rtol=1e-6)
+    torch.testing.assert_close(loss, ref_loss, atol=PARITY_ATOL, rtol=PARITY_RTOL)
+    torch.testing.assert_close(items, ref_items, atol=PARITY_ATOL, rtol=PARITY_RTOL)
 
 
 # ----------------------------------------------------------------------------------------------------
