@@ -1,12 +1,6 @@
 """The export workflow behind ``amc-export``: ONNX export (optionally with NMS in the graph) and INT8
-quantization, checked on real images.
-
-The graph is exported from a fused copy of the model (``fuse=true``) with dynamic batch, height and width, then
-run in ONNX Runtime on ``verify.images`` images of ``data.split`` next to the PyTorch model: the max abs difference
-of the decoded predictions (boxes and scores, before NMS) must be at most ``verify.tolerance``. With ``nms=true``
-the graph's detections are compared with amc's NMS on the same images. Nothing is written before these checks
-pass, and every file is written atomically. Writes ``model.onnx``, ``model.int8.onnx`` (``int8=true``) and
-``metrics.json`` to the run directory.
+quantization, checked on real images against the PyTorch model before anything is written (what is checked and
+written: the command's help, :mod:`amc.cli.export`).
 """
 
 from __future__ import annotations
