@@ -32,10 +32,10 @@ from amc.pruning.space import PruningSpace
 from amc.reward.functions import EpisodeOutcome, RewardFunction
 from amc.pruning.budget import Budget, BudgetEnforcer
 
-#: The observation's features, in order (all in [0, 1]).
 #: How an action maps to a ratio (see :class:`PruningEnv`'s ``action_mode``).
 ACTION_MODES = ("absolute", "centred", "relative")
 
+#: The observation's features, in order (all in [0, 1]).
 FEATURES = ("index", "kind", "in_channels", "out_channels", "kernel", "stride", "feature_size", "flops",
             "flops_removed", "flops_prunable", "previous_ratio")
 
@@ -125,7 +125,8 @@ class PruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self._ratios = np.zeros(self.n_units)
         self._widths = self._full_widths.copy()
         self._fair = 0.0  # relative mode: the fair share of unit _t given the decisions so far
-        self._uniform: float | None = None  # centred mode: the budget's uniform ratio (computed on first use)
+        # centred mode: action 0 asks for the budget's uniform ratio, fixed for the environment
+        self._uniform = self.uniform_ratio() if action_mode == "centred" else 0.0
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -197,11 +198,7 @@ class PruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     # ------------------------------------------------------------------ internals
     def _centre(self) -> float:
         """The ratio action 0 asks for: the budget's uniform ratio (centred) or the unit's fair share (relative)."""
-        if self.action_mode == "centred":
-            if self._uniform is None:
-                self._uniform = self.uniform_ratio()
-            return self._uniform
-        return self._fair
+        return self._uniform if self.action_mode == "centred" else self._fair
 
     def _update_fair(self) -> None:
         """Relative mode: the fair share of the next unit to decide (nothing to do in absolute mode or at the end)."""

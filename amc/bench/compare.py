@@ -623,13 +623,16 @@ class CompareBench:
                  started: float) -> dict[str, Any]:
         """Aggregates, paired per-seed differences, failed DDPG seeds; writes the tables, plots and results.json."""
         summary = summarize(cells)
-        failed = {key: {r["seed"]: search_failed(read_episodes(self.cell_path(budget, "ddpg", r["seed"])
-                                                                .with_suffix("") / "search" / "episodes.jsonl"))
-                        for r in methods.get("ddpg", [])}
-                  for budget in self.budgets if (key := budget.key) in cells for methods in [cells[key]]}
+        failed: dict[str, list[int]] = {}
+        for budget in self.budgets:
+            if budget.key not in cells:
+                continue
+            logs = {r["seed"]: self.cell_path(budget, "ddpg", r["seed"]).with_suffix("") / "search" / "episodes.jsonl"
+                    for r in cells[budget.key].get("ddpg", [])}
+            failed[budget.key] = [seed for seed, log in logs.items() if search_failed(read_episodes(log))]
         results = {"budgets": summary, "wins": wins(summary, self.margin),
                    "paired": {"map_finetuned": paired(cells, "map_finetuned"), "map_full": paired(cells, "map_full")},
-                   "ddpg_failed_seeds": {k: [s for s, f in v.items() if f] for k, v in failed.items()},
+                   "ddpg_failed_seeds": failed,
                    "unpruned": unpruned, "settings": self._settings(),
                    "wall_s": time.perf_counter() - started}
         self._report(results, cells)
