@@ -1,8 +1,19 @@
-"""What amc prints: one shared rich console and the tables every command and workflow prints results in."""
+"""What amc prints: one shared rich console, the tables every command and workflow prints results in, and the
+plain progress lines long loops write when the output is not a terminal.
+
+Everything amc shows on the console is also copied, as plain text, to the ``amc.console`` logger. The commands'
+Hydra logging configuration (``conf/base.yaml``) sends that logger to the run's ``<job>.log`` only (the console
+has shown it already), so a job log holds the progress lines and result tables of its run. Used as a library
+(no logging configured) the logger drops what it gets and nothing is printed twice.
+"""
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -10,9 +21,124 @@ from rich.table import Table
 
 console = Console()
 
+#: The logger that receives a plain copy of what amc shows (progress lines, tables, warnings): Hydra's job log.
+log = logging.getLogger("amc.console")
+
+#: Widest a table printed into a file or pipe may be: no figure is cut to a terminal's 80 columns there.
+LOG_WIDTH = 1000
+
+
+@dataclass
+class ProgressSettings:
+    """How often the plain progress lines come (the commands set these from ``conf/base.yaml``).
+
+    Attributes:
+        interval_s: at most one line per this many seconds for a loop's steps (search episodes, fine-tune
+            epochs, bench cells); 0 writes a line for every step. The last step always gets its line.
+        heartbeat_s: inside one long step (the batches of a fine-tune epoch), a line at most every this many
+            seconds; 0 writes none.
+    """
+
+    interval_s: float = 0.0
+    heartbeat_s: float = 60.0
+
+
+#: The settings :class:`ProgressLog` uses unless it is given its own interval.
+progress_settings = ProgressSettings()
+
+
+def configure_progress(interval_s: float, heartbeat_s: float) -> None:
+    """Set how often progress lines come, for every :class:`ProgressLog` created afterwards."""
+    progress_settings.interval_s = max(float(interval_s), 0.0)
+    progress_settings.heartbeat_s = max(float(heartbeat_s), 0.0)
+
+
+def is_terminal() -> bool:
+    """Whether amc's output goes to a terminal (where rich draws live progress bars), not to a file or pipe."""
+    return console.is_terminal
+
+
+def duration(seconds: float) -> str:
+    """A short human duration: ``45s``, ``12m05s``, ``3h07m``."""
+    seconds = max(int(round(seconds)), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def log_line(message: str, echo: bool = True, level: int = logging.INFO) -> None:
+    """One plain line to stdout (when ``echo``; flushed, so a pipe or a cluster's ``.out`` file shows it at once)
+    and to the job log."""
+    if echo:
+        print(message, file=sys.stdout, flush=True)
+    log.log(level, message)
+
+
+class ProgressLog:
+    """Plain progress lines for a loop of ``total`` steps: ``<label> i/N | <text> | <rate> | ETA <time>``.
+
+    A line goes to the job log at most every ``interval_s`` seconds (the last step always); it is also printed to
+    stdout when ``echo`` is on, which by default means when the output is not a terminal (on a terminal a rich
+    progress bar shows the same, and printed lines would break it).
+
+    Args:
+        label: what a step is (``search episode``, ``epoch``, ``bench=compare cell``).
+        total: the number of steps in the loop.
+        start: steps already done before this run (a resumed search): the rate and ETA count only this run's.
+        interval_s: seconds between two lines; default ``progress_settings.interval_s``.
+        echo: print to stdout too; default: when the output is not a terminal.
+    """
+
+    def __init__(self, label: str, total: int, start: int = 0, interval_s: float | None = None,
+                 echo: bool | None = None) -> None:
+        self.label, self.total, self.start = label, int(total), int(start)
+        self.interval_s = progress_settings.interval_s if interval_s is None else max(float(interval_s), 0.0)
+        self.echo = (not is_terminal()) if echo is None else bool(echo)
+        self.started = time.monotonic()
+        self.last_line: float | None = None
+
+    def eta_s(self, done: int) -> float | None:
+        """Seconds left at the rate of this run's steps so far; None before the first step of this run."""
+        run = done - self.start
+        if run <= 0:
+            return None
+        return (time.monotonic() - self.started) / run * max(self.total - done, 0)
+
+    def line(self, done: int, text: str = "") -> str:
+        """The line for ``done`` of ``total`` steps."""
+        parts = [f"{self.label} {done}/{self.total}"]
+        if text:
+            parts.append(text)
+        run = done - self.start
+        if run > 0:
+            per = (time.monotonic() - self.started) / run
+            parts.append(f"{per:.1f} s each" if per < 120 else f"{duration(per)} each")
+        eta = self.eta_s(done)
+        parts.append(f"elapsed {duration(time.monotonic() - self.started)}")
+        if eta is not None and done < self.total:
+            parts.append(f"ETA {duration(eta)}")
+        return " | ".join(parts)
+
+    def update(self, done: int, text: str = "", force: bool = False) -> bool:
+        """Report that ``done`` steps are finished; writes a line when due. Returns whether it wrote one."""
+        now = time.monotonic()
+        due = (force or done >= self.total or self.last_line is None
+               or now - self.last_line >= self.interval_s)
+        if not due:
+            return False
+        self.last_line = now
+        log_line(self.line(done, text), echo=self.echo)
+        return True
+
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: int = 1) -> None:
-    """Print a table; columns from ``numeric_from`` on are right-aligned."""
+    """Print a table; columns from ``numeric_from`` on are right-aligned.
+
+    On a terminal the table fits the window; into a file or pipe it takes the width its figures need (rich would
+    cut them to 80 columns: ``epi…``), and a plain copy goes to the job log.
+    """
     table = Table(title=title, title_justify="left")
     # The first column names the rows: never shortened, even when a narrow console squeezes the table.
     first_width = max([len(str(columns[0]))] + [len(str(row[0])) for row in rows]) if columns else 0
@@ -21,4 +147,29 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
                          min_width=first_width if i == 0 else None, no_wrap=i == 0)
     for row in rows:
         table.add_row(*(str(x) for x in row))
-    console.print(table)
+    width = None if console.is_terminal else max(console.width, _natural_width(table))
+    console.print(table, width=width, crop=width is None)
+    log.info("\n%s", _plain(table))
+
+
+def _natural_width(table: Table) -> int:
+    """The width ``table`` takes when nothing limits it."""
+    return console.measure(table, options=console.options.update_width(LOG_WIDTH)).maximum
+
+
+def _plain(table: Table) -> str:
+    """``table`` rendered as plain text at its natural width, for the job log."""
+    plain = Console(width=_natural_width(table), no_color=True, color_system=None, force_terminal=False,
+                    file=_Discard(), record=True)
+    plain.print(table)
+    return plain.export_text().rstrip("\n")
+
+
+class _Discard:
+    """A file that keeps nothing: the plain console only records what it renders."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from amc.atomic import atomic_file
+from amc.console import ProgressLog, is_terminal, progress_settings
 from amc.errors import CheckpointError
 from amc.models.io import save_model
 from amc.models.yolo import YOLOv7
@@ -51,7 +52,9 @@ class TrainConfig:
         save_dir: where ``last/``, ``best/``, the resume state and TensorBoard logs go.
         resume: continue from ``save_dir/trainer_state.pt`` when it exists.
         tensorboard: write TensorBoard scalars to ``save_dir/tensorboard``.
-        progress: show a progress bar.
+        progress: show a progress bar on a terminal, or plain lines (one per epoch, and every
+            ``amc.console.progress_settings.heartbeat_s`` seconds within an epoch) when the output is a file or
+            pipe. The lines go to the job log (``amc.console.log``) either way.
         export_extra: more metadata written into the exported ``last/`` and ``best/`` models.
     """
 
@@ -111,6 +114,13 @@ def parameter_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
 def cosine_lr_factor(epochs: int, lrf: float) -> Callable[[float], float]:
     """The one-cycle cosine ramp from 1 to ``lrf`` over ``epochs``."""
     return lambda x: ((1 - math.cos(x * math.pi / epochs)) / 2) * (lrf - 1) + 1
+
+
+def _epoch_summary(record: dict[str, Any], loss_names: tuple[str, ...]) -> str:
+    """An epoch's mean losses and, when it was evaluated, its mAPs, for the plain progress line."""
+    parts = [" ".join(f"{n} {record[n]:.4f}" for n in loss_names if n in record)]
+    parts += [f"{k} {record[k]:.4f}" for k in ("map50", "map50_95") if k in record]
+    return " | ".join(p for p in parts if p)
 
 
 def seed_everything(seed: int) -> None:
@@ -178,6 +188,8 @@ class Trainer:
         warmup_iters = max(round(float(self.hyp.get("warmup_epochs", 3.0)) * nb), cfg.warmup_min_iters)
         writer = self._tensorboard()
         last_metrics: dict[str, float] = {}
+        # Plain per-epoch lines for logs (nohup, Slurm .out, the job log); a terminal gets the rich bar instead.
+        epoch_log = ProgressLog("epoch", cfg.epochs, start=self.start_epoch, echo=cfg.progress and not is_terminal())
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 seed_everything(cfg.seed + epoch)  # per-epoch seeds: resuming replays the same epochs
@@ -199,6 +211,7 @@ class Trainer:
                         save_model(self.ema.ema, self.save_dir / "best", extra={
                             **cfg.export_extra, "metrics": last_metrics, "epoch": epoch + 1})
                 self.history.append(record)
+                epoch_log.update(epoch + 1, _epoch_summary(record, self.loss_names))
                 save_model(self.ema.ema, self.save_dir / "last", extra={**cfg.export_extra, "epoch": epoch + 1})
                 self._save_state(epoch + 1)
         finally:
@@ -218,7 +231,13 @@ class Trainer:
         self.optimizer.zero_grad()
         columns = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[losses]}"), TimeRemainingColumn()]
-        with Progress(*columns, disable=not self.config.progress, transient=False) as bar:
+        # Within a long epoch a log still hears from the loop every heartbeat_s seconds (0: only per epoch).
+        heartbeat = progress_settings.heartbeat_s
+        batch_log = ProgressLog(f"epoch {epoch + 1}/{self.config.epochs} batch", nb, interval_s=heartbeat,
+                                echo=self.config.progress and not is_terminal())
+        batch_log.last_line = batch_log.started  # the first heartbeat comes after heartbeat_s, not at batch 1
+        bar_on = self.config.progress and is_terminal()
+        with Progress(*columns, disable=not bar_on, transient=False) as bar:
             task = bar.add_task("train", total=nb, epoch=f"{epoch + 1}/{self.config.epochs}", losses="")
             for i, (images, targets) in enumerate(loader):
                 ni = i + nb * epoch  # iterations since the start of training
@@ -243,7 +262,10 @@ class Trainer:
                 items = items.detach().float().cpu()
                 sums += items
                 mean = sums / (i + 1)
-                bar.update(task, advance=1, losses=" ".join(f"{n} {v:.3f}" for n, v in zip(names, mean)))
+                losses = " ".join(f"{n} {v:.3f}" for n, v in zip(names, mean))
+                bar.update(task, advance=1, losses=losses)
+                if heartbeat > 0 and i + 1 < nb:
+                    batch_log.update(i + 1, losses)
                 if writer is not None:
                     for n, v in zip(names, items.tolist()):
                         writer.add_scalar(f"train/{n}", v, ni)
