@@ -15,10 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from agents import DDPGAgent, RandomSearchAgent, SearchAgent, UniformAgent
+from amc.device import worker_devices
 from amc.errors import ConfigError
+from amc.search.parallel import worker_configs
 from amc.search.runner import SearchRunner, load_resume_config
+from amc.search.setup import SearchSetup
 from envs.vector import make_vec_env
 from toy_env import Recorder, ToyPruningEnv
 
@@ -179,3 +183,61 @@ def test_bad_workers_on_the_command_line(tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1].startswith("error: workers must be a whole number >= 1")
     assert "Traceback" not in run.stderr
+
+
+# -- where the workers run --------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """Pretend this machine shows ``n`` CUDA GPUs (the placement logic only asks torch.cuda how many)."""
+    def show(n: int) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+    return show
+
+
+def test_cuda_places_workers_round_robin_over_the_visible_gpus(gpus):
+    gpus(4)
+    assert worker_devices("cuda", 6) == ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
+    assert worker_devices("auto", 2) == ["cuda:0", "cuda:1"]  # auto means CUDA here
+    assert worker_devices("cuda:2", 3) == ["cuda:2"] * 3  # a GPU the user names: every worker on it
+    assert worker_devices("cpu", 2) == ["cpu", "cpu"]
+    gpus(1)
+    assert worker_devices("cuda", 3) == ["cuda"] * 3  # one GPU: the workers share it, as before
+    gpus(0)
+    assert worker_devices("auto", 2) == ["auto", "auto"] and worker_devices("cpu", 1) == ["cpu"]
+
+
+def test_listed_worker_devices_are_used_round_robin_and_checked(gpus):
+    gpus(2)
+    assert worker_devices("cuda", 3, ["cuda:1", "cuda:0"]) == ["cuda:1", "cuda:0", "cuda:1"]
+    assert worker_devices("cpu", 2, ["CUDA:1", "cpu"]) == ["cuda:1", "cpu"]  # the list wins over device.name
+    for bad, pattern in ((["cuda:2"], "shows 2 CUDA GPU"), (["tpu"], "not a device"), (["auto"], "not auto")):
+        with pytest.raises(ConfigError, match=pattern):
+            worker_devices("cuda", 2, bad)
+    gpus(0)
+    with pytest.raises(ConfigError, match="no CUDA GPU is available"):
+        worker_devices("cpu", 2, ["cuda:0"])
+
+
+def test_each_worker_config_names_its_own_device(gpus, tmp_path):
+    gpus(2)
+    cfg = search_config(*STUB, "workers=3", "device=cuda")
+    configs = worker_configs(cfg, 3)
+    assert [c["device"]["name"] for c in configs] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert all(c["workers"] == 3 and c["evaluator"]["name"] == "stub" for c in configs)  # the rest as given
+    # a worker process builds its set-up on its own device (the model is not built here: no GPU in CI)
+    worker = SearchSetup(OmegaConf.create(configs[1]), tmp_path, worker=(1, 3))
+    assert worker._device() == torch.device("cuda:1")
+    cfg = search_config(*STUB, "workers=2", "device=cuda", "worker_devices=[cuda:1]")
+    assert [c["device"]["name"] for c in worker_configs(cfg, 2)] == ["cuda:1", "cuda:1"]
+
+
+@pytest.mark.parametrize("value,pattern", [("[cuda:7]", "shows 2 CUDA GPU"), ("cuda:0", "must be a list"),
+                                           ("[]", "must be a list")])
+def test_a_bad_worker_placement_is_refused_before_any_work(gpus, tmp_path, value, pattern):
+    gpus(2)
+    setup = SearchSetup(search_config(*STUB, "workers=2", f"worker_devices={value}"), tmp_path)
+    with pytest.raises(ConfigError, match=pattern) as error:
+        setup.build_env()  # the main process checks the placement first, before it loads the model
+    assert "\n" not in str(error.value) and not hasattr(setup, "model")

@@ -6,6 +6,11 @@ model copy and evaluator from the search config (:class:`amc.search.setup.Search
 episodes at once (:meth:`agents.base.SearchAgent.run_batched`). The fork server preloads torch and amc, so each
 worker forks from an interpreter that has imported them once, instead of importing them again.
 
+Where each worker runs is decided once (:func:`amc.search.setup.worker_placement`, checked when the main process
+builds its environment): ``device=cuda`` spreads the workers round-robin over the visible GPUs (one model copy
+per worker on its GPU; with one GPU they share it), and ``worker_devices: [cuda:0, cuda:1]`` places them as
+listed. Each worker's config then names its own device.
+
 Example::
 
     vec_env = make_search_vec_env(cfg, run_dir, workers=4)
@@ -24,8 +29,9 @@ import gymnasium
 from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.vec_env import VecEnv
 
+from amc.console import console
 from amc.errors import ConfigError
-from amc.search.setup import SearchSetup
+from amc.search.setup import SearchSetup, worker_placement
 from envs.vector import make_vec_env
 
 PRELOAD = ["torch", "stable_baselines3", "amc.search.setup", "envs"]
@@ -40,8 +46,19 @@ def search_worker_env(config: dict[str, Any], run_dir: str, rank: int, workers: 
     return setup.env
 
 
+def worker_configs(cfg: DictConfig, workers: int) -> list[dict[str, Any]]:
+    """The plain config of each worker: the search's, with ``device.name`` set to the worker's own device."""
+    configs = []
+    for device in worker_placement(cfg, workers):
+        config = OmegaConf.to_container(cfg, resolve=True)
+        config["device"]["name"] = device
+        configs.append(config)
+    return configs
+
+
 def make_search_vec_env(cfg: DictConfig, run_dir: Path, workers: int, start_method: str | None = None) -> VecEnv:
-    """``workers`` search environments, one per worker process, each with its own model copy and evaluator.
+    """``workers`` search environments, one per worker process, each with its own model copy and evaluator on its
+    own device (:func:`amc.search.setup.worker_placement`).
 
     The config travels as plain data (each worker composes nothing and reads no Hydra state). Call it after the
     main process has built its own environment: a latency table it measured is then read from the run
@@ -49,8 +66,12 @@ def make_search_vec_env(cfg: DictConfig, run_dir: Path, workers: int, start_meth
     """
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
-    config = OmegaConf.to_container(cfg, resolve=True)
-    fns = [functools.partial(search_worker_env, config, str(run_dir), rank, workers) for rank in range(workers)]
+    configs = worker_configs(cfg, workers)
+    devices = [c["device"]["name"] for c in configs]
+    if len(set(devices)) > 1:
+        console.print(f"workers on {', '.join(devices)}")
+    fns = [functools.partial(search_worker_env, config, str(run_dir), rank, workers)
+           for rank, config in enumerate(configs)]
     return make_vec_env(fns, start_method=start_method, preload=PRELOAD)
 
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from amc.config import config_number, plain, search_split
 from amc.console import console
 from amc.data.datasets import cache_dir
 from amc.data.loaders import sample_batches
-from amc.device import select_device
+from amc.device import select_device, worker_devices
 from amc.errors import ConfigError
 from amc.factory import load_data_from_config, load_model_from_config, make_criterion, rounding_from_config
 from amc.pruning.space import PruningSpace
@@ -42,7 +42,8 @@ class SearchSetup:
         cfg: the composed ``conf/search.yaml``.
         run_dir: the run directory (a latency table is read from, or written to, it).
         worker: ``(rank, workers)`` in a worker process: no console notes, and ``device.threads: 0`` means the
-            machine's cores divided among the workers; ``cuda`` spreads the workers over the visible GPUs.
+            machine's cores divided among the workers. A worker's config names its own device
+            (:func:`worker_placement`, applied by :mod:`amc.search.parallel`).
     """
 
     def __init__(self, cfg: DictConfig, run_dir: Path, worker: tuple[int, int] | None = None) -> None:
@@ -90,7 +91,8 @@ class SearchSetup:
         name = str(d.name)
         if self.worker is not None:
             threads = worker_threads(threads, self.worker[1])
-            name = worker_device(name, self.worker[0])
+        elif self.settings.workers > 1:
+            worker_placement(self.cfg, self.settings.workers)  # a bad worker placement is refused before any work
         if threads:
             torch.set_num_threads(threads)
         return select_device(name)
@@ -145,10 +147,11 @@ def worker_threads(threads: int, workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def worker_device(name: str, rank: int) -> str:
-    """The device of worker ``rank``: ``cuda`` spreads the workers over the visible GPUs round-robin (one model copy
-    per worker on its GPU); ``cuda:N``, ``cpu`` and ``auto`` stay as they are."""
-    if name.strip().lower() != "cuda":
-        return name
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return f"cuda:{rank % count}" if count > 1 else name
+def worker_placement(cfg: DictConfig, workers: int) -> list[str]:
+    """The device of each of the search's ``workers`` worker processes: ``worker_devices`` (a list, used
+    round-robin) when given, else ``device.name`` spread over the visible GPUs (:func:`amc.device.worker_devices`).
+    A malformed list, or a device this machine does not have, is refused in one line."""
+    listed = cfg.get("worker_devices")  # absent in the configs of runs started before the knob
+    if listed is not None and not (OmegaConf.is_list(listed) and len(listed) > 0):
+        raise ConfigError(f"worker_devices must be a list of devices (e.g. [cuda:0, cuda:1]) or null, got {listed!r}")
+    return worker_devices(str(cfg.device.name), workers, [str(d) for d in listed] if listed is not None else None)
