@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from amc.errors import ConfigError
+from amc.pruning.budget import Budget
 from amc.registry import make_registered
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ class RewardFunction(ABC):
     name: ClassVar[str]
     needs_latency: ClassVar[bool] = False
     needs_recovery: ClassVar[bool] = False  # reads ``recover_loss`` (the proxy's recovery steps must run)
+    #: options a reward no longer takes -> what replaced them (:func:`make_reward` answers with it in one line)
+    retired: ClassVar[dict[str, str]] = {}
 
     def __init__(self, penalty: float = -10.0) -> None:
         if not math.isfinite(penalty):
@@ -124,33 +127,46 @@ class ErrorLogFlops(RewardFunction):
 class LatencyAware(RewardFunction):
     """MnasNet-style latency reward ``mAP * (latency / target) ** w``.
 
-    ``w`` is ``alpha`` when the latency is within the target and ``beta`` above it (MnasNet's soft constraint
-    uses alpha = beta = -0.07; alpha = 0, beta = -1 makes the target nearly hard).
+    The target is the search's latency budget, the one :class:`~amc.pruning.budget.Budget` the environment also
+    enforces: ``budget.fraction`` of the unpruned model's latency (``EpisodeOutcome.full_latency_ms``). ``w`` is
+    ``alpha`` when the latency is within the target and ``beta`` above it (MnasNet's soft constraint uses
+    alpha = beta = -0.07; alpha = 0, beta = -1 makes the target nearly hard). Under the environment's budget wall
+    every policy is within the target, so ``alpha`` grades how far below it a policy gets.
 
     Args:
-        target_ms: the latency target in ms; None uses the unpruned model's latency times ``target_fraction``.
-        target_fraction: target as a fraction of the unpruned latency when ``target_ms`` is None.
+        budget: the latency budget: a :class:`~amc.pruning.budget.Budget` or the ``budget`` config group it is
+            read from (``conf/reward/latency.yaml`` hands over the search's ``${budget}``).
+
+    Raises:
+        ConfigError: no budget, or a budget on FLOPs or params (the message says how to set a latency budget).
     """
 
     name = "latency"
     needs_latency = True
+    retired = {  # its own target, before the target moved to the one budget
+        "target_fraction": "the latency reward's target is the search's latency budget: budget=latency "
+                           "budget.latency=F (F x the unpruned latency)",
+        "target_ms": "the latency reward's target is the search's latency budget, a fraction of the unpruned "
+                     "latency: budget=latency budget.latency=F (F = the target in ms / the unpruned model's ms)",
+    }
 
-    def __init__(self, target_ms: float | None = None, target_fraction: float = 0.5, alpha: float = -0.07,
-                 beta: float = -0.07, penalty: float = -10.0) -> None:
+    def __init__(self, budget: Budget | Mapping[str, Any] | None = None, alpha: float = -0.07, beta: float = -0.07,
+                 penalty: float = -10.0) -> None:
         super().__init__(penalty)
-        if target_ms is not None and not target_ms > 0:
-            raise ConfigError(f"reward target_ms must be positive, got {target_ms}")
-        if not 0 < target_fraction <= 1:
-            raise ConfigError(f"reward target_fraction must be in (0, 1], got {target_fraction}")
-        self.target_ms, self.target_fraction, self.alpha, self.beta = target_ms, target_fraction, alpha, beta
+        if budget is None:
+            raise ConfigError("reward=latency takes its target from the latency budget: give it "
+                              "budget=Budget('latency', fraction) (the search hands over its budget= group)")
+        if not isinstance(budget, Budget):
+            budget = Budget.from_config(budget)
+        if budget.metric != "latency":
+            raise ConfigError(f"reward=latency takes its target from the budget, which limits {budget.metric}: "
+                              f"search with budget=latency (budget.latency=F: F x the unpruned latency)")
+        self.budget, self.alpha, self.beta = budget, alpha, beta
 
     def value(self, outcome: EpisodeOutcome) -> float:
-        target = self.target_ms
-        if target is None:
-            if outcome.full_latency_ms is None:
-                raise ValueError("the latency reward needs the unpruned latency or reward.target_ms")
-            target = outcome.full_latency_ms * self.target_fraction
-        ratio = outcome.latency_ms / target
+        if outcome.full_latency_ms is None:
+            raise ValueError("the latency reward needs the unpruned latency")
+        ratio = outcome.latency_ms / (outcome.full_latency_ms * self.budget.fraction)
         return outcome.map50_95 * ratio ** (self.alpha if ratio <= 1 else self.beta)
 
 
@@ -180,12 +196,19 @@ REWARDS: dict[str, type[RewardFunction]] = {cls.name: cls for cls in
 
 
 def make_reward(name: str, **options: Any) -> RewardFunction:
-    """A reward function by name with its options; unknown names or options end in a one-line ConfigError."""
+    """A reward function by name with its options; unknown names or options end in a one-line ConfigError, and so
+    does a retired option that is set (the message says what replaced it; left at None it is ignored)."""
+    retired = getattr(REWARDS.get(str(name)), "retired", {})
+    given = sorted(k for k in retired if options.get(k) is not None)
+    if given:
+        raise ConfigError(f"reward.{given[0]} is gone: {retired[given[0]]}")
+    options = {k: v for k, v in options.items() if k not in retired}
     return make_registered(REWARDS, name, "reward", **options)
 
 
 def reward_from_config(node: Mapping[str, Any]) -> RewardFunction:
-    """The reward a ``conf/reward/*.yaml`` node describes: ``name`` plus that reward's options."""
+    """The reward a ``conf/reward/*.yaml`` node describes: ``name`` plus that reward's options (``reward=latency``'s
+    ``budget`` is the search's budget group, interpolated)."""
     options = {str(k): v for k, v in dict(node).items() if k != "name"}
     if "name" not in node:
         raise ConfigError("reward config needs a 'name' (one of: " + ", ".join(REWARDS) + ")")
