@@ -19,14 +19,14 @@ is imported by ``gymnasium.make`` through the registered entry point string.
 
 from __future__ import annotations
 
+from gymnasium.envs.registration import register, registry
+
 ENV_ID = "amc/YOLOv7Pruning-v0"
 ENTRY_POINT = "envs.pruning_env:PruningEnv"
 
 
 def register_envs() -> None:
     """Register :data:`ENV_ID` with gymnasium (once: ``envs`` registers the same id when it is imported)."""
-    from gymnasium.envs.registration import register, registry
-
     if ENV_ID not in registry:
         register(id=ENV_ID, entry_point=ENTRY_POINT)
 

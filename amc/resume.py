@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from amc.atomic import atomic_write_text
@@ -180,8 +182,6 @@ def check_resume(rule: ResumeRule, cfg: DictConfig, overrides: Sequence[Any], gr
 
 def task_overrides() -> list[str]:
     """The running Hydra job's command-line overrides (none when the command was called without Hydra)."""
-    from hydra.core.hydra_config import HydraConfig
-
     try:
         return list(HydraConfig.get().overrides.task)
     except ValueError:  # HydraConfig not set: a direct call (tests, benches)
@@ -190,8 +190,6 @@ def task_overrides() -> list[str]:
 
 def resume_changes(rule: ResumeRule, cfg: DictConfig, task_overrides: Sequence[str]) -> dict[str, Any]:
     """The mutable settings the command line of a resume sets (key -> value), read from the composed ``cfg``."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     changes = {}
     for o in OverridesParser.create().parse_overrides(list(task_overrides)):
         key = _override_key(o)

@@ -26,6 +26,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from rich.console import Console
+from rich.progress import Progress
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
@@ -50,9 +52,6 @@ def _map_with_progress(fn: Callable[[int], Any], items: Sequence[int], descripti
         if not progress:
             yield from results
             return
-        from rich.console import Console
-        from rich.progress import Progress
-
         with Progress(console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task(description, total=len(items))
             for r in results:
