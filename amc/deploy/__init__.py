@@ -1,2 +1,3 @@
-"""Deployment workflows: the report that measures several versions of a detector side by side (``amc-eval
-report.*``, :mod:`amc.deploy.report`)."""
+"""Deployment workflows: a model's scores and the report that measures several versions of a detector side by
+side (``amc-eval``, :mod:`amc.deploy.evaluate`, :mod:`amc.deploy.report`), ONNX export and INT8 quantization
+(``amc-export``, :mod:`amc.deploy.export`)."""
