@@ -16,16 +16,34 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.table import Table
-
-console = Console()
+from rich.text import Text
 
 #: The logger that receives a plain copy of what amc shows (progress lines, tables, warnings): Hydra's job log.
 log = logging.getLogger("amc.console")
 
-#: Widest a table printed into a file or pipe may be: no figure is cut to a terminal's 80 columns there.
+#: The console's width when the output is a file or pipe: wide enough that no table is cut (rich would cut to 80
+#: columns there: ``epi…``) and no line wrapped; a table still takes only the width its figures need.
 LOG_WIDTH = 1000
+
+
+class AmcConsole(Console):
+    """Rich's console, :data:`LOG_WIDTH` wide when the output is not a terminal (and no width was set)."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = Console.size.fget(self)  # type: ignore[attr-defined]
+        if self._width is None and not self.is_terminal:
+            return ConsoleDimensions(LOG_WIDTH, size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
+console = AmcConsole()
 
 
 @dataclass
@@ -74,6 +92,13 @@ def log_line(message: str, echo: bool = True, level: int = logging.INFO) -> None
     if echo:
         print(message, file=sys.stdout, flush=True)
     log.log(level, message)
+
+
+def warn(message: str) -> None:
+    """A warning the user must not miss at the end of a run: one ``warning:`` line on the console (yellow on a
+    terminal) and in the job log."""
+    console.print(Text(f"warning: {message}", style="yellow"), soft_wrap=True)  # Text: no markup in the message
+    log.warning("warning: %s", message)
 
 
 class ProgressLog:
@@ -147,22 +172,16 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
                          min_width=first_width if i == 0 else None, no_wrap=i == 0)
     for row in rows:
         table.add_row(*(str(x) for x in row))
-    width = None if console.is_terminal else max(console.width, _natural_width(table))
-    console.print(table, width=width, crop=width is None)
+    console.print(table)
     log.info("\n%s", _plain(table))
 
 
-def _natural_width(table: Table) -> int:
-    """The width ``table`` takes when nothing limits it."""
-    return console.measure(table, options=console.options.update_width(LOG_WIDTH)).maximum
-
-
 def _plain(table: Table) -> str:
-    """``table`` rendered as plain text at its natural width, for the job log."""
-    plain = Console(width=_natural_width(table), no_color=True, color_system=None, force_terminal=False,
-                    file=_Discard(), record=True)
+    """``table`` rendered as plain text at the width it needs, for the job log."""
+    plain = Console(width=LOG_WIDTH, no_color=True, color_system=None, force_terminal=False, file=_Discard(),
+                    record=True)
     plain.print(table)
-    return plain.export_text().rstrip("\n")
+    return "\n".join(line.rstrip() for line in plain.export_text().rstrip("\n").splitlines())
 
 
 class _Discard:

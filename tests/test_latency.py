@@ -64,7 +64,7 @@ def test_legacy_cpu_api_still_works(torch_threads):
     found = compare_cpu_latency({"m": model}, (64, 64), 1, 2, 1, 4, 2)
     _sane(found["m"], 4, 2, "torch-cpu")
     _sane(measure_cpu_latency(model, (64, 64), 1, None, 1, 3), 3, torch_threads, "torch-cpu")
-    assert Latency.of([1.0, 3.0, 2.0], 1) == Latency(2.0, 1.0, 3.0, 3, 1, "torch-cpu")
+    assert Latency.of([1.0, 3.0, 2.0], 1) == Latency(2.0, 1.0, 3.0, 3, 1, "torch-cpu", 1.5, 2.5)
 
 
 class _Fails(nn.Module):

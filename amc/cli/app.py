@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import conf
 from amc.cli.preflight import command_name, preflight
-from amc.config import run_dir
+from amc.config import config_number, run_dir
+from amc.console import ProgressSettings, configure_progress
 from amc.errors import AmcError, ConfigError
 from amc.resume import ResumeRule
 from amc.runlock import lock_run_dir
@@ -55,6 +56,7 @@ def amc_app(config_name: str, resume: ResumeRule | None = None
         def guarded(cfg: DictConfig) -> Any:
             try:
                 lock_run_dir(run_dir(), command)  # already held when preflight locked it: nothing to do
+                configure_progress_lines(cfg)
                 return task(cfg)
             except AmcError as e:
                 print(f"error: {e}", file=sys.stderr)
@@ -84,6 +86,16 @@ def amc_app(config_name: str, resume: ResumeRule | None = None
         return entry
 
     return wrap
+
+
+def configure_progress_lines(cfg: DictConfig) -> None:
+    """How often long loops write plain progress lines (``progress_interval_s``, ``progress_heartbeat_s`` of
+    ``conf/base.yaml``); a command whose config lacks them keeps the defaults of :mod:`amc.console`."""
+    interval = config_number(cfg, "progress_interval_s", float, 0.0, optional=True)
+    heartbeat = config_number(cfg, "progress_heartbeat_s", float, 0.0, optional=True)
+    default = ProgressSettings()
+    configure_progress(default.interval_s if interval is None else interval,
+                       default.heartbeat_s if heartbeat is None else heartbeat)
 
 
 def unwritable_output_dir(args: Sequence[str]) -> str | None:

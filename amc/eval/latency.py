@@ -53,12 +53,21 @@ BACKENDS = ("torch-cpu", "torch-cuda", "onnxruntime-cpu")
 DEFAULT_WARMUP = {"torch-cpu": 3, "torch-cuda": 10, "onnxruntime-cpu": 3}
 
 
+#: Relative spread (IQR / median) above which a latency is too noisy to trust when nobody says otherwise; the
+#: commands read theirs from conf (``final.max_latency_spread`` of conf/search.yaml, ``max_latency_spread`` of
+#: conf/bench.yaml). On an idle CPU repeated passes of one model spread by a few percent; a busy machine spreads
+#: them by tens of percent, and then a ratio of two medians is noise (0.15x for a model with 70% of the FLOPs).
+DEFAULT_MAX_SPREAD = 0.2
+
+
 @dataclass(frozen=True)
 class Latency:
     """Median and spread of ``runs`` timed forward passes, in milliseconds.
 
     ``threads`` is the CPU thread count during the measurement (torch's for the torch backends, ONNX Runtime's
-    intra-op threads for ``onnxruntime-cpu``).
+    intra-op threads for ``onnxruntime-cpu``). ``q1_ms`` and ``q3_ms`` are the first and third quartiles of the
+    passes (None when built without them): their distance, the interquartile range, is the spread a reader needs
+    before trusting a ratio of two medians (:attr:`spread`, :meth:`noisy`).
     """
 
     median_ms: float
@@ -67,10 +76,61 @@ class Latency:
     runs: int
     threads: int
     backend: str = "torch-cpu"
+    q1_ms: float | None = None
+    q3_ms: float | None = None
 
     @classmethod
     def of(cls, times: Sequence[float], threads: int, backend: str = "torch-cpu") -> "Latency":
-        return cls(statistics.median(times), min(times), max(times), len(times), threads, backend)
+        """The figures of the pass times ``times`` (ms)."""
+        q1, q3 = quartiles(times)
+        return cls(statistics.median(times), min(times), max(times), len(times), threads, backend, q1, q3)
+
+    @property
+    def iqr_ms(self) -> float | None:
+        """The interquartile range of the passes, ms (None when unknown)."""
+        return None if self.q1_ms is None or self.q3_ms is None else self.q3_ms - self.q1_ms
+
+    @property
+    def spread(self) -> float | None:
+        """The interquartile range relative to the median (0.05: the middle half of the passes within 5% of the
+        median's size); None when unknown."""
+        iqr = self.iqr_ms
+        return None if iqr is None or self.median_ms <= 0 else iqr / self.median_ms
+
+    def noisy(self, max_spread: float = DEFAULT_MAX_SPREAD) -> bool:
+        """Whether the passes spread more than ``max_spread`` (relative IQR): the median is then not to be trusted,
+        nor any speed-up computed from it. Fewer than 4 passes have no quartiles worth the name: noisy."""
+        spread = self.spread
+        return self.runs < 4 or spread is None or spread > max_spread
+
+    def describe(self) -> str:
+        """``median ± IQR/2`` in ms, e.g. ``8.54 ±0.21``: the figure and how far its passes spread."""
+        iqr = self.iqr_ms
+        return f"{self.median_ms:.2f}" if iqr is None else f"{self.median_ms:.2f} ±{iqr / 2:.2f}"
+
+    def to_dict(self) -> dict[str, float | int | str | None]:
+        """Plain figures for ``metrics.json``: median, quartiles, IQR, relative spread, min, max, runs."""
+        return {"median_ms": self.median_ms, "q1_ms": self.q1_ms, "q3_ms": self.q3_ms, "iqr_ms": self.iqr_ms,
+                "spread": self.spread, "min_ms": self.min_ms, "max_ms": self.max_ms, "runs": self.runs,
+                "threads": self.threads, "backend": self.backend}
+
+
+def quartiles(times: Sequence[float]) -> tuple[float, float]:
+    """First and third quartiles of ``times`` (inclusive method: within the range of the data; one value gives
+    itself twice)."""
+    values = [float(t) for t in times]
+    if len(values) < 2:
+        return values[0], values[0]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q3
+
+
+def speedup(reference: Latency, other: Latency, max_spread: float = DEFAULT_MAX_SPREAD) -> float | None:
+    """How many times faster ``other`` is than ``reference`` (ratio of medians), or None when either measurement
+    is too noisy (:meth:`Latency.noisy`) for the ratio to mean anything."""
+    if reference.noisy(max_spread) or other.noisy(max_spread) or other.median_ms <= 0:
+        return None
+    return reference.median_ms / other.median_ms
 
 
 def check_backend(backend: str) -> str:

@@ -9,11 +9,13 @@ import copy
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig
 
 from amc.atomic import atomic_write_json, atomic_write_text
-from amc.console import console, print_table
+from amc.config import config_number
+from amc.console import console, print_table, warn
 from amc.errors import ConfigError
-from amc.eval.latency import compare_latency
+from amc.eval.latency import DEFAULT_MAX_SPREAD, Latency, compare_latency, speedup
 from amc.models.io import save_model
 from amc.pruning.physical import prune_model
 from amc.reward.evaluation import policy_outcome
@@ -21,6 +23,15 @@ from amc.reward.functions import reward_from_config
 from amc.search.rundir import BEST_POLICY_FILE, SearchState
 from amc.search.setup import SearchSetup
 from amc.search.tracking import SearchLog, reward_curves_svg
+
+
+def max_latency_spread(cfg: DictConfig) -> float:
+    """``final.max_latency_spread`` of a search config (:data:`~amc.eval.latency.DEFAULT_MAX_SPREAD` for the
+    configs of runs started before the knob); a one-line error when it is not a number >= 0."""
+    final = cfg.get("final")
+    value = None if final is None else config_number(final, "max_latency_spread", float, 0.0, optional=True,
+                                                     prefix="final.")
+    return DEFAULT_MAX_SPREAD if value is None else float(value)
 
 
 def final_report(setup: SearchSetup, state: SearchState, log: SearchLog, setup_s: float,
@@ -50,7 +61,13 @@ def final_report(setup: SearchSetup, state: SearchState, log: SearchLog, setup_s
     if s.export_model:
         save_model(models["best"], setup.run_dir / "model",
                    extra={"pruned_from": setup.source, "policy": BEST_POLICY_FILE})
-    latency = _final_latency(setup, models) if s.final_latency_runs else {}
+    measured = _final_latency(setup, models) if s.final_latency_runs else {}
+    latency = {k: v.median_ms for k, v in measured.items()}
+    max_spread = max_latency_spread(setup.cfg)
+    noisy = [k for k, v in measured.items() if v.noisy(max_spread)]
+    # Scored by the same evaluator at the same budget: a search that ends below uniform pruning found nothing
+    # better than the one-line baseline, and its exported model is not the one to fine-tune.
+    worse_than_uniform = bool(st.best_reward < uniform_reward.value)
 
     full = best_fig.full_flops, best_fig.full_params
     rows = {
@@ -62,6 +79,10 @@ def final_report(setup: SearchSetup, state: SearchState, log: SearchLog, setup_s
         "best": {"map50_95_proxy": st.best_metrics.get("map50_95"), "params": best_fig.params,
                  "gflops": best_fig.flops / 1e9, "latency_ms": latency.get("best"), "reward": st.best_reward},
     }
+    for name, row in rows.items():
+        if name in measured:  # the spread of the passes, and the speed-up only when both timings can be trusted
+            row["latency"] = measured[name].to_dict()
+            row["speedup"] = speedup(measured["original"], measured[name], max_spread)
     results = {
         "best_reward": st.best_reward, "best_map_proxy": st.best_metrics.get("map50_95"),
         "best_episode": st.best_episode, "uniform_map_proxy": uniform_outcome.map50_95,
@@ -79,6 +100,9 @@ def final_report(setup: SearchSetup, state: SearchState, log: SearchLog, setup_s
         "protocol": {"search_split": getattr(setup, "search_split", None), "report_split": str(setup.cfg.data.split),
                      "search_images": len(getattr(setup.evaluate, "image_files", []))},
         "model_dir": str(setup.run_dir / "model") if s.export_model else None,
+        "worse_than_uniform": worse_than_uniform,
+        # None when the models were not timed; else whether any timing spread past final.max_latency_spread
+        "latency_noisy": bool(noisy) if measured else None, "max_latency_spread": max_spread,
     }
     atomic_write_json(setup.run_dir / "results.json", results)
     atomic_write_json(setup.run_dir / "metrics.json", results)
@@ -86,13 +110,26 @@ def final_report(setup: SearchSetup, state: SearchState, log: SearchLog, setup_s
                       "budget_metric": s.budget_metric, "budget": s.budget_fraction, "seed": s.seed,
                       "episodes": st.episodes_done, "evaluator": str(setup.cfg.evaluator.name)},
                      {"best_reward": st.best_reward, "best_map_proxy": st.best_metrics.get("map50_95"),
-                      "uniform_map_proxy": uniform_outcome.map50_95, "flops_ratio": results["flops_ratio"]})
+                      "uniform_map_proxy": uniform_outcome.map50_95, "flops_ratio": results["flops_ratio"],
+                      "worse_than_uniform": float(worse_than_uniform)})
     log.flush()
     atomic_write_text(setup.run_dir / "reward_curves.svg", reward_curves_svg(
         setup.run_dir, f"{setup.cfg.agent.name} search, {s.budget_metric} budget {s.budget_fraction:g}: reward per "
                       f"episode (from the TensorBoard events)",
         {"uniform pruning: reward": uniform_reward.value, "uniform pruning: proxy mAP": uniform_outcome.map50_95}))
-    _print_summary(setup, state, rows)
+    _print_summary(setup, state, rows, measured, max_spread)
+    if noisy:
+        worst = max(noisy, key=lambda k: measured[k].spread or float("inf"))
+        spread = measured[worst].spread
+        warn(f"latency too noisy to trust: the passes of {', '.join(noisy)} spread by up "
+             f"to {'?' if spread is None else f'{spread:.0%}'} of the median (interquartile range; "
+             f"final.max_latency_spread={max_spread:g}), so no speed-up is printed. Time again on an idle "
+             f"machine, or with more final.latency_runs")
+    if worse_than_uniform:
+        warn(f"the best policy scores below uniform pruning at the same budget (reward {st.best_reward:.4f} < "
+             f"{uniform_reward.value:.4f}, same evaluator): the search found nothing better than uniform "
+             f"pruning; play more episodes, or fine-tune the uniform policy instead (metrics.json: "
+             f"worse_than_uniform)")
     console.print(f"best policy (episode {st.best_episode}): {setup.run_dir / BEST_POLICY_FILE}; "
                   f"results.json{', pruned model in model/' if s.export_model else ''} in {setup.run_dir}")
     return results
@@ -106,7 +143,7 @@ def _pruned(setup: SearchSetup, ratios: np.ndarray):  # noqa: ANN202
         raise RuntimeError("pruned model cost differs from the policy's analytic cost: please report this bug")
     return pruned.eval()
 
-def _final_latency(setup: SearchSetup, models: dict[str, Any]) -> dict[str, float]:
+def _final_latency(setup: SearchSetup, models: dict[str, Any]) -> dict[str, Latency]:
     s = setup.settings
     timed = {"original": copy.deepcopy(setup.model).fuse(), **{k: copy.deepcopy(m).fuse() for k, m in models.items()}}
     threads = int(setup.cfg.device.threads) or None
@@ -114,9 +151,10 @@ def _final_latency(setup: SearchSetup, models: dict[str, Any]) -> dict[str, floa
                   f"{s.final_latency_runs} runs x {s.final_latency_rounds} rounds, interleaved)")
     measured = compare_latency(timed, s.img_size, backend=str(setup.cfg.device.latency_backend), threads=threads,
                                runs=s.final_latency_runs, rounds=s.final_latency_rounds, device=setup.device)
-    return {k: v.median_ms for k, v in measured.items()}
+    return measured
 
-def _print_summary(setup: SearchSetup, state: SearchState, rows: dict[str, dict[str, Any]]) -> None:
+def _print_summary(setup: SearchSetup, state: SearchState, rows: dict[str, dict[str, Any]],
+                   measured: dict[str, Latency], max_spread: float) -> None:
     base = rows["original"]
 
     def fmt(v: Any, pattern: str) -> str:
@@ -127,13 +165,22 @@ def _print_summary(setup: SearchSetup, state: SearchState, rows: dict[str, dict[
         table.append([name, fmt(r["map50_95_proxy"], ".4f"), f"{r['params'] / 1e6:.3f}M",
                       f"{r['params'] / base['params']:.1%}", f"{r['gflops']:.3f}",
                       f"{r['gflops'] / base['gflops']:.1%}",
-                      fmt(r["latency_ms"], ".2f"),
-                      "-" if r["latency_ms"] is None or base["latency_ms"] is None
-                      else f"{base['latency_ms'] / r['latency_ms']:.2f}x"])
+                      measured[name].describe() if name in measured else "-",
+                      _speedup_text(r, name in measured)])
     s = setup.settings
     print_table(f"{setup.source}: {setup.cfg.agent.name} search, {s.budget_metric} budget {s.budget_fraction:g}, "
                 f"{state.episodes_done} episodes (mAP: proxy mAP@0.5:0.95 before fine-tuning)",
                 ["model", "mAP proxy", "params", "of orig.", "GFLOPs", "of orig.", "ms", "speed-up"], table)
-    if setup.settings.final_latency_runs:
-        console.print(f"ms: median latency, {setup.cfg.device.latency_backend}, batch 1, "
-                      f"{s.img_size[0]}x{s.img_size[1]}")
+    if measured:
+        runs = next(iter(measured.values())).runs
+        console.print(f"ms: median latency ± half its interquartile range over {runs} passes, "
+                      f"{setup.cfg.device.latency_backend}, batch 1, {s.img_size[0]}x{s.img_size[1]}; speed-up "
+                      f"'noisy' where the passes spread past {max_spread:.0%} of the median "
+                      f"(final.max_latency_spread)")
+
+
+def _speedup_text(row: dict[str, Any], timed: bool) -> str:
+    """The speed-up cell: ``1.33x``, ``noisy`` when a timing is not to be trusted, ``-`` when nothing was timed."""
+    if not timed:
+        return "-"
+    return "noisy" if row.get("speedup") is None else f"{row['speedup']:.2f}x"

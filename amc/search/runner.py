@@ -23,11 +23,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from agents import SearchAgent, agent_from_config
 from amc.atomic import atomic_dir, atomic_write_text, complete_dir
 from amc.config import plain
-from amc.console import console
+from amc.console import ProgressLog, console, is_terminal
 from amc.errors import ConfigError
 from amc.pruning.policy import Policy
 from amc.search.parallel import make_search_vec_env
-from amc.search.report import final_report
+from amc.search.report import final_report, max_latency_spread
 from amc.search.rundir import (BEST_POLICY_FILE, CHECKPOINT_DIR, CONFIG_FILE, RUN_MARKER, SearchState, check_writable,
                                load_resume_config)
 from amc.search.setup import SearchSetup
@@ -56,6 +56,7 @@ class SearchRunner(SearchSetup):
         super().__init__(cfg, run_dir)
         self.after_episode = after_episode
         self.resuming = bool(cfg.get("resume"))
+        max_latency_spread(cfg)  # the end-of-search knob checked now: a typo never surfaces after the episodes
         check_writable(self.run_dir)
         if not self.resuming and (self.run_dir / CONFIG_FILE).exists():
             raise ConfigError(f"{self.run_dir} already holds a search: continue it with resume={self.run_dir} "
@@ -103,9 +104,12 @@ class SearchRunner(SearchSetup):
         self.log = SearchLog(self.run_dir, first, resuming=self.resuming, zero_based=self._zero_based)
         console.print(f"search: {len(self.space)} units, budget {s.budget_metric} <= {s.budget_fraction:g}, "
                       f"agent {self.cfg.agent.name}, reward {self.cfg.reward.name}, {s.episodes} episodes")
+        # A terminal gets the live bar; a file or pipe (nohup, Slurm .out) one plain line per episode instead,
+        # which rich cannot give (it draws its bar once, at the end). The lines reach the job log either way.
         progress = Progress(TextColumn("episodes"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("best reward {task.fields[best]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=console, disable=not s.progress)
+                            console=console, disable=not (s.progress and is_terminal()))
+        self._episode_log = ProgressLog("episode", s.episodes, start=first, echo=s.progress and not is_terminal())
         self._checkpointed = first
         vec_env = None
         try:
@@ -136,6 +140,18 @@ class SearchRunner(SearchSetup):
     def _best_text(self) -> str:
         return "-" if self.state.best_episode < 0 else f"{self.state.best_reward:.4f} (ep {self.state.best_episode})"
 
+    def _episode_text(self, record: dict[str, Any]) -> str:
+        """An episode's progress line: its reward, the best so far, what it kept of the model."""
+        parts = [f"reward {record['reward']:.4f}" + (" (penalized)" if record["penalized"] else ""),
+                 f"best {self._best_text()}"]
+        budget = self.settings.budget_metric  # FLOPs always; the budget's own metric too when it is another
+        for metric in ("flops",) if budget == "flops" else ("flops", budget):
+            if record.get(f"{metric}_ratio") is not None:
+                parts.append(f"{'FLOPs' if metric == 'flops' else metric} kept {record[f'{metric}_ratio']:.1%}")
+        if record.get("map50_95") is not None:
+            parts.append(f"proxy mAP {record['map50_95']:.4f}")
+        return " | ".join(parts)
+
     def _on_episode(self, report) -> None:  # noqa: ANN001 (agents.base.EpisodeReport)
         info = report.info
         outcome, cost = info.get("outcome"), info.get("cost", {})
@@ -164,6 +180,7 @@ class SearchRunner(SearchSetup):
         if getattr(report, "last_in_batch", True):
             self._checkpoint()
         self._progress.update(self._task, completed=st.episodes_done, best=self._best_text())
+        self._episode_log.update(number, self._episode_text(record))
         if self.after_episode is not None:
             self.after_episode(report)
 
