@@ -9,13 +9,19 @@ plays until ``episodes_done`` reaches the requested total, so a resumed search i
 environments step in lockstep and their (expensive) final evaluations run in parallel. The agent then takes the
 batch's episodes in a fixed order (environment 0 first) and treats each exactly as its serial loop would
 (replay, the same number of updates, the report); it is resumable at batch boundaries.
+
+A checkpoint (:meth:`SearchAgent.save`) is a folder: :data:`AGENT_FILE` (plain JSON: the agent's kind, seed,
+options, episode count, Generator state) and the agent's own files (DDPG: a stable-baselines3 zip and an ``.npz``
+replay buffer, see :mod:`agents.ddpg`). :meth:`SearchAgent.load` reads it without unpickling anything
+(:mod:`agents.checkpoint`), so resuming from a folder someone else made runs none of its code.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,12 +31,17 @@ import numpy as np
 import torch
 from stable_baselines3.common.vec_env import VecEnv
 
-from amc.atomic import atomic_file
+from agents.checkpoint import read_json, unpack_limit, zip_declared_bytes
+from amc.atomic import atomic_dir, complete_dir
 from amc.errors import CheckpointError, ConfigError
 from amc.gym_api import IDLE_ACTION, STEP_REWARD
 
-CHECKPOINT = "agent.pt"
-"""The file :meth:`SearchAgent.save` writes into its directory (one file, so one rename makes it atomic)."""
+AGENT_FILE = "agent.json"
+"""The file of every agent checkpoint: the agent's kind, seed, options, episode count and Generator state (JSON)."""
+LEGACY_FILE = "agent.pt"
+"""The one-file checkpoint of amc before stable-baselines3 zips (a ``torch.save`` dict; still read)."""
+CHECKPOINT_FORMAT = 2
+"""The version of the checkpoint folder :meth:`SearchAgent.save` writes (1 was :data:`LEGACY_FILE`)."""
 
 
 @dataclass
@@ -134,11 +145,21 @@ def action_for_ratio(env: gymnasium.Env, ratio: float) -> float:
     return float(np.asarray(env.unwrapped.action_for_ratio(float(ratio)), dtype=np.float32).reshape(-1)[0])
 
 
+def _replaceable(folder: Path) -> bool:
+    """Whether :meth:`SearchAgent.save` may replace ``folder``: absent, empty, or an agent checkpoint already."""
+    if not folder.exists():
+        return True
+    return folder.is_dir() and (not any(folder.iterdir())
+                                or any((folder / name).exists() for name in (AGENT_FILE, LEGACY_FILE)))
+
+
 class SearchAgent(ABC):
     """Plays episodes of a pruning environment and keeps every piece of state needed to continue exactly.
 
-    Subclasses implement :meth:`play_episode` and extend :meth:`state_dict` / :meth:`load_state_dict`; they
-    keep the constructor options they were built with in :attr:`options` so that :meth:`load` can rebuild them.
+    Subclasses implement :meth:`play_episode`; those with more state than the episode count and the Generator
+    write it in :meth:`save_files` and read it back, safely, in :meth:`restore` (declaring the bytes it takes in
+    :meth:`state_bytes`). They keep the constructor options they were built with in :attr:`options` so that
+    :meth:`load` can rebuild them.
     All randomness of an agent comes from its own ``numpy`` Generator (and, for networks, torch generators
     seeded from it), never from global RNGs that other code (the evaluator, data loaders) also draws from:
     that is what makes a seed reproduce the actions and a checkpoint continue them.
@@ -290,54 +311,165 @@ class SearchAgent(ABC):
 
     # -- checkpoints ----------------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly (tensors and plain values only: loadable with weights_only)."""
+    checkpoint_files: ClassVar[tuple[str, ...]] = ()
+    """The files :meth:`save_files` writes beside :data:`AGENT_FILE`."""
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """What :data:`AGENT_FILE` holds (plain JSON values): enough to rebuild the agent and to check that a
+        checkpoint fits an environment before anything is allocated."""
         unwrapped = self.env.unwrapped
-        return {"agent": self.name, "seed": self.seed, "options": dict(self.options),
+        return {"format": CHECKPOINT_FORMAT, "agent": self.name, "seed": self.seed, "options": dict(self.options),
                 "episodes_done": self.episodes_done, "rng": self.rng.bit_generator.state,
                 "n_units": int(getattr(unwrapped, "n_units", -1)),
-                "obs_shape": tuple(int(d) for d in (self.env.observation_space.shape or ()))}
+                "obs_shape": [int(d) for d in (self.env.observation_space.shape or ())]}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s state into this (freshly built) agent."""
-        self.episodes_done = int(state["episodes_done"])
-        self.rng.bit_generator.state = state["rng"]
+    def save_files(self, folder: Path) -> None:
+        """Write the agent's own state files (:attr:`checkpoint_files`) into ``folder``; none by default."""
+
+    def restore(self, folder: Path, meta: Mapping[str, Any]) -> None:
+        """Restore the state :meth:`save` wrote into this freshly built agent, reading only plain JSON values and
+        tensors (subclasses read their :attr:`checkpoint_files`, then call this)."""
+        episodes = meta.get("episodes_done")
+        if type(episodes) is not int or episodes < 0:
+            raise CheckpointError(f"{folder / AGENT_FILE}: episodes_done is {episodes!r}, not a count")
+        self._set_rng_state(meta.get("rng"), folder / AGENT_FILE)
+        self.episodes_done = episodes
+
+    @classmethod
+    def state_bytes(cls, options: Mapping[str, Any], env: gymnasium.Env) -> int:
+        """The bytes an agent built with ``options`` on ``env`` allocates for state that its checkpoint files
+        store (networks, replay buffer); a checkpoint declaring far more than its files hold is refused before
+        the agent is built. 0 for agents without such state."""
+        return 0
+
+    def _set_rng_state(self, state: Any, where: Path) -> None:
+        try:
+            probe = np.random.default_rng()
+            probe.bit_generator.state = state  # numpy validates it; the agent's Generator only takes a good one
+        except (TypeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{where}: not a valid random generator state ({type(e).__name__}: {e})") from e
+        self.rng.bit_generator.state = state
 
     def save(self, directory: str | Path) -> Path:
-        """Write the agent's state to ``directory/agent.pt`` atomically and return that path.
+        """Write the agent's checkpoint into ``directory``, replaced as a whole, and return its path.
 
-        The state goes to a temporary file beside the target which is then renamed over it (one
-        ``os.replace``), so a crash or kill at any moment leaves either the previous checkpoint or the new one.
+        The folder holds :data:`AGENT_FILE` and the agent's :attr:`checkpoint_files` (for DDPG, a
+        stable-baselines3 zip and an ``.npz`` replay buffer). It is written beside ``directory`` and swapped in
+        (:func:`amc.atomic.atomic_dir`), so a crash or kill at any moment leaves the previous complete checkpoint
+        or the new one. ``directory`` is the agent's own: a folder holding anything but an agent checkpoint is
+        refused rather than replaced.
         """
-        path = Path(directory) / CHECKPOINT
-        with atomic_file(path) as tmp:
-            torch.save(self.state_dict(), tmp)
-        return path
+        target = Path(directory)
+        if not _replaceable(target):
+            raise CheckpointError(f"{target} is not an agent checkpoint folder: save the agent into a folder of its "
+                                  "own (it is replaced as a whole)")
+        with atomic_dir(target) as tmp:
+            self.save_files(tmp)
+            (tmp / AGENT_FILE).write_text(json.dumps(self.checkpoint_meta(), indent=2) + "\n")
+        return target
 
     @classmethod
     def load(cls, directory: str | Path, env: gymnasium.Env) -> SearchAgent:
         """The agent saved in ``directory`` (of whichever registered kind it is), on ``env``.
 
-        Only tensors and plain values are read (``weights_only=True``: loading runs no code).
+        **Safe on untrusted files**: only plain JSON values, tensors (``torch.load(weights_only=True)``) and
+        numeric arrays (``allow_pickle=False``) are read, and every size the files declare is checked against
+        ``env`` and the files' own sizes before memory is allocated; nothing is ever unpickled. (The DDPG
+        agent's ``model.zip`` is also readable by stable-baselines3's ``DDPG.load``, which unpickles: see
+        :class:`agents.ddpg.AMCDDPG`.) A checkpoint of amc before this format (:data:`LEGACY_FILE`) is read too.
+
+        Raises:
+            CheckpointError: a missing, unreadable, mismatched or oversized checkpoint, in one line.
         """
         from agents import AGENTS  # deliberate: the registry (agents/__init__.py) imports this module (a cycle)
 
-        path = Path(directory) / CHECKPOINT
-        if not path.is_file():
-            raise CheckpointError(f"no agent checkpoint at {path}; start a new search or point to its directory")
+        folder = complete_dir(directory)  # after a kill between two renames (no atomic swap), the .old copy
+        if folder is None or not ((folder / AGENT_FILE).is_file() or (folder / LEGACY_FILE).is_file()):
+            raise CheckpointError(f"no agent checkpoint at {directory}; start a new search or point to its directory")
+        if not (folder / AGENT_FILE).is_file():
+            return cls._load_legacy(folder / LEGACY_FILE, env, AGENTS)
+        path = folder / AGENT_FILE
+        meta = read_json(path)
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path} is checkpoint format {meta.get('format')!r}; this amc reads format "
+                                  f"{CHECKPOINT_FORMAT}")
+        kind = AGENTS.get(str(meta.get("agent")))
+        if kind is None or not issubclass(kind, cls):
+            raise CheckpointError(f"{path} holds a {meta.get('agent')!r} agent, not a {cls.__name__}")
+        cls._check_env(meta, env, path)
+        options, seed = meta.get("options"), meta.get("seed")
+        if not isinstance(options, dict) or type(seed) is not int:
+            raise CheckpointError(f"{path}: options {options!r} / seed {seed!r} are not an object and an integer")
+        files = [folder / name for name in kind.checkpoint_files if (folder / name).is_file()]
+        try:
+            declared, held = kind.state_bytes(options, env), sum(f.stat().st_size for f in files)
+        except (TypeError, ValueError):  # malformed options: the constructor names the bad one
+            declared, held = 0, 0
+        cls._check_state_bytes(declared, held, path)
+        agent = cls._build(kind, env, seed, options, path)
+        agent.restore(folder, meta)
+        return agent
+
+    @staticmethod
+    def _check_env(meta: Mapping[str, Any], env: gymnasium.Env, path: Path) -> None:
+        n_units = int(getattr(env.unwrapped, "n_units", -1))
+        obs_shape = [int(d) for d in (env.observation_space.shape or ())]
+        saved = (meta.get("n_units"), list(meta.get("obs_shape") or ()))
+        if saved != (n_units, obs_shape):
+            raise CheckpointError(f"{path} was saved on an environment with {saved[0]} units and observations "
+                                  f"{tuple(saved[1])}, this one has {n_units} and {tuple(obs_shape)}: resume with "
+                                  "the same model and search settings")
+
+    @staticmethod
+    def _check_state_bytes(declared: int, held: int, path: Path) -> None:
+        if declared > unpack_limit(held):
+            raise CheckpointError(f"{path}: its options declare {declared:,} bytes of networks and replay buffer, "
+                                  f"its files hold {held:,}: refusing to build the agent (a corrupt or hostile "
+                                  "checkpoint)")
+
+    @staticmethod
+    def _build(kind: type[SearchAgent], env: gymnasium.Env, seed: int, options: Mapping[str, Any],
+               path: Path) -> SearchAgent:
+        try:
+            return kind(env, seed=seed, **options)
+        except (ConfigError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: its agent options do not build an agent ({e})") from e
+
+    @classmethod
+    def _load_legacy(cls, path: Path, env: gymnasium.Env, agents: Mapping[str, type[SearchAgent]]) -> SearchAgent:
+        """An agent from :data:`LEGACY_FILE`, read with ``torch.load(weights_only=True)`` after bounding its entries."""
+        try:
+            declared, size = zip_declared_bytes(path), path.stat().st_size
+        except CheckpointError as e:
+            raise CheckpointError(f"{path} is not a readable agent checkpoint ({e})") from e
+        if declared > unpack_limit(size):
+            raise CheckpointError(f"{path}: its entries declare {declared:,} bytes in a {size:,}-byte file: refusing "
+                                  "to unpack it (a zip bomb, or a corrupt archive)")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unreadable file is the same user-facing problem
-            raise CheckpointError(f"{path} is not a readable agent checkpoint ({type(e).__name__}: {e})") from e
-        kind = AGENTS.get(str(state.get("agent")))
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise CheckpointError(f"{path} is not a readable agent checkpoint ({type(e).__name__}: {first})") from e
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path} holds a {type(state).__name__}, not an agent checkpoint")
+        kind = agents.get(str(state.get("agent")))
         if kind is None or not issubclass(kind, cls):
             raise CheckpointError(f"{path} holds a {state.get('agent')!r} agent, not a {cls.__name__}")
-        n_units = int(getattr(env.unwrapped, "n_units", -1))
-        obs_shape = tuple(int(d) for d in (env.observation_space.shape or ()))
-        if (state["n_units"], tuple(state["obs_shape"])) != (n_units, obs_shape):
-            raise CheckpointError(f"{path} was saved on an environment with {state['n_units']} units and "
-                                  f"observations {tuple(state['obs_shape'])}, this one has {n_units} and "
-                                  f"{obs_shape}: resume with the same model and search settings")
-        agent = kind(env, seed=state["seed"], **state["options"])
-        agent.load_state_dict(state)
+        cls._check_env({**state, "obs_shape": list(state.get("obs_shape") or ())}, env, path)
+        options = state.get("options") or {}
+        try:
+            cls._check_state_bytes(kind.state_bytes(options, env), size, path)
+        except (TypeError, ValueError):  # malformed options: the constructor names the bad one
+            pass
+        agent = cls._build(kind, env, state.get("seed"), options, path)
+        try:
+            agent.load_legacy_state(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise CheckpointError(f"{path} does not fit this agent ({type(e).__name__}: "
+                                  f"{(str(e).splitlines() or [''])[0][:200]})") from e
         return agent
+
+    def load_legacy_state(self, state: Mapping[str, Any]) -> None:
+        """Restore a :data:`LEGACY_FILE` state (subclasses call this, then restore their own parts)."""
+        self.episodes_done = int(state["episodes_done"])
+        self._set_rng_state(state["rng"], Path(LEGACY_FILE))

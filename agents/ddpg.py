@@ -46,9 +46,13 @@ counts in steps. The AMC choices, each with its source:
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import math
+import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import gymnasium
@@ -57,14 +61,27 @@ import torch
 from gymnasium import spaces
 from stable_baselines3 import DDPG
 from stable_baselines3.common.buffers import ReplayBuffer
-from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.type_aliases import GymEnv, ReplayBufferSamples
 from stable_baselines3.common.utils import polyak_update, update_learning_rate
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+from stable_baselines3.td3.policies import TD3Policy
 from torch.nn import functional as F
 
 from agents.base import BudgetCentredSampler, EpisodeReport, Rollout, SearchAgent, ratio_bounds
+from agents.checkpoint import (MIN_UNPACK_BYTES, read_npz, read_sb3_data, read_sb3_zip, unpack_limit, write_npz)
 from agents.noise import TruncatedNormalNoise
-from amc.errors import ConfigError
+from amc.atomic import atomic_file
+from amc.errors import CheckpointError, ConfigError
+
+MODEL_FILE = "model.zip"
+"""The DDPG agent's stable-baselines3 zip in its checkpoint folder (``stable_baselines3.DDPG.load`` reads it)."""
+REPLAY_FILE = "replay_buffer.npz"
+"""The DDPG agent's replay buffer in its checkpoint folder (:meth:`AMCDDPG.load_replay_buffer`, ``np.load``)."""
+MAX_REPLAY_BYTES = 4 << 30
+"""The largest replay buffer an :class:`AMCDDPG` allocates: a search's is ~1 MB (100 episodes x ~100 units)."""
+REPLAY_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+"""The arrays of SB3's ``ReplayBuffer`` that hold transitions (``next_observations`` is None when it optimizes
+memory)."""
 
 
 class SeededReplayBuffer(ReplayBuffer):
@@ -88,41 +105,261 @@ class SeededReplayBuffer(ReplayBuffer):
 class AMCDDPG(DDPG):
     """stable-baselines3 DDPG with AMC's update: separate learning rates and a moving-average reward baseline.
 
-    Built without an environment: the agent plays the episodes and fills :attr:`replay_buffer` itself.
+    Built from an environment (``AMCDDPG(env=env)``) or from its spaces alone (``observation_space=``,
+    ``action_space=``): the search's agent plays the episodes and fills :attr:`replay_buffer` itself. The replay
+    buffer is SB3's ``ReplayBuffer`` drawing its batches from ``rng`` (:class:`SeededReplayBuffer`); the networks
+    are initialized from ``init_seed`` in a forked torch RNG, so the global RNGs are left as they were.
+
+    Saving and loading, the stable-baselines3 way:
+
+    * :meth:`save` writes SB3's zip. Its ``data`` names only stable-baselines3 and Gymnasium classes, so plain
+      ``stable_baselines3.DDPG.load(path)`` reads it (without amc installed) and its actor gives the same actions;
+      the AMC additions (``lr_actor``, ``lr_critic``, ``moving_alpha``, ``reward_baseline``, the Generator state)
+      are plain JSON values there.
+    * :meth:`load` is SB3's: it **unpickles** (cloudpickle) the ``":serialized:"`` values of the zip's ``data``,
+      so a crafted file runs code. Use it on files you made or trust only.
+    * :meth:`safe_load` (a new model) and :meth:`restore` (in place) read the same zip **safely**: plain JSON
+      values and ``torch.load(weights_only=True)`` tensors only, every size checked first. amc's resume uses them.
+    * :meth:`save_replay_buffer` / :meth:`load_replay_buffer` keep SB3's names and signatures but write and read
+      an ``.npz`` of the buffer's arrays (``observations``, ``next_observations``, ``actions``, ``rewards``,
+      ``dones``, ``timeouts``, ``pos``, ``full``), never a pickle: safe on untrusted files, and ``np.load``
+      reads it anywhere.
 
     Args:
-        observation_space, action_space: the environment's spaces.
-        actor_hidden, critic_hidden: hidden layer widths.
-        lr_actor, lr_critic: Adam learning rates of the actor and the critic.
-        buffer_size: replay buffer capacity in transitions.
+        policy: the policy (class or SB3 alias); DDPG's ``MlpPolicy`` (``TD3Policy``).
+        env: the environment, or None with ``observation_space`` and ``action_space``.
+        lr_actor, lr_critic: Adam learning rates of the actor and the critic (``learning_rate``, SB3's one
+            schedule, is ``lr_critic``: what plain SB3 would apply to both after loading the zip).
+        buffer_size: replay buffer capacity in transitions (at most :data:`MAX_REPLAY_BYTES` of arrays).
         batch_size: minibatch size of a gradient step.
         tau: soft target-update coefficient.
-        discount: discount factor of the critic's target.
+        gamma: discount factor of the critic's target.
         moving_alpha: step of the moving-average reward baseline.
-        rng: the Generator the replay buffer samples with.
-        init_seed: seeds the network initialization (in a forked torch RNG: the global one is left as it was).
+        actor_hidden, critic_hidden: hidden layer widths (SB3's ``net_arch={"pi": ..., "qf": ...}``).
+        observation_space, action_space: the spaces, when no ``env`` is given.
+        rng: the Generator the replay buffer samples with (a new one seeded with ``init_seed`` if None).
+        init_seed: seeds the network initialization.
+        verbose: SB3's verbosity.
         device: torch device of the networks.
+        _init_setup_model: build the networks and the buffer now (SB3's ``load`` builds them itself).
     """
 
-    def __init__(self, observation_space: spaces.Box, action_space: spaces.Box, *, actor_hidden: Sequence[int],
-                 critic_hidden: Sequence[int], lr_actor: float, lr_critic: float, buffer_size: int,
-                 batch_size: int, tau: float, discount: float, moving_alpha: float, rng: np.random.Generator,
-                 init_seed: int, device: str = "cpu") -> None:
-        super().__init__("MlpPolicy", env=None, learning_rate=lr_critic, buffer_size=buffer_size, learning_starts=0,
-                         batch_size=batch_size, tau=tau, gamma=discount, replay_buffer_class=SeededReplayBuffer,
-                         replay_buffer_kwargs={"rng": rng, "handle_timeout_termination": False},
-                         policy_kwargs={"net_arch": {"pi": list(actor_hidden), "qf": list(critic_hidden)},
-                                        "n_critics": 1},
+    def __init__(self, policy: str | type[TD3Policy] = "MlpPolicy", env: GymEnv | str | None = None,
+                 lr_actor: float = 1e-4, lr_critic: float = 1e-3, buffer_size: int = 10_000,
+                 batch_size: int = 64, tau: float = 0.01, gamma: float = 1.0, moving_alpha: float = 0.5,
+                 actor_hidden: Sequence[int] = (300, 300), critic_hidden: Sequence[int] = (300, 300),
+                 observation_space: spaces.Space | None = None, action_space: spaces.Space | None = None,
+                 rng: np.random.Generator | None = None, init_seed: int = 0, verbose: int = 0,
+                 device: torch.device | str = "auto", _init_setup_model: bool = True) -> None:
+        super().__init__(policy, env=env, learning_rate=lr_critic, buffer_size=buffer_size,  # type: ignore[arg-type]
+                         learning_starts=0, batch_size=batch_size, tau=tau, gamma=gamma,
+                         replay_buffer_kwargs={"handle_timeout_termination": False},
+                         policy_kwargs={"net_arch": {"pi": [int(w) for w in actor_hidden],
+                                                     "qf": [int(w) for w in critic_hidden]}, "n_critics": 1},
+                         verbose=verbose,
                          seed=None,  # SB3 would seed the global RNGs; all our randomness is the agent's own
                          device=device, _init_setup_model=False)
-        self.observation_space, self.action_space, self.n_envs = observation_space, action_space, 1
+        if env is None:
+            self.observation_space, self.action_space, self.n_envs = observation_space, action_space, 1
         self.lr_actor, self.lr_critic, self.moving_alpha = float(lr_actor), float(lr_critic), float(moving_alpha)
         self.reward_baseline: float | None = None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
+        self.init_seed = int(init_seed)
+        self.rng = rng if rng is not None else np.random.default_rng(self.init_seed)
+        if _init_setup_model:
             self._setup_model()
+
+    def _setup_model(self) -> None:
+        """SB3's set-up (networks, optimizers, aliases) with a :class:`SeededReplayBuffer`, in a forked torch RNG.
+
+        Called by ``__init__`` and by SB3's :meth:`load`, which first puts the zip's ``data`` in ``__dict__``:
+        the Generator state it holds (``_rng_state``, written by :meth:`save`) is applied here.
+        """
+        if self.observation_space is None or self.action_space is None:
+            raise ConfigError("AMCDDPG needs an env or its observation_space and action_space")
+        if self.replay_buffer is None:
+            transition = _transition_bytes(self.observation_space, self.action_space)
+            if self.buffer_size < 1 or self.buffer_size * transition > MAX_REPLAY_BYTES:
+                raise ConfigError(f"a replay buffer of {self.buffer_size:,} transitions takes "
+                                  f"{self.buffer_size * transition:,} bytes; it must hold 1 to "
+                                  f"{MAX_REPLAY_BYTES // transition:,} ({MAX_REPLAY_BYTES >> 30} GiB)")
+            # built here rather than from replay_buffer_class, which stays SB3's own ReplayBuffer in the saved zip
+            # so that plain stable-baselines3 (without amc) can load it
+            self.replay_buffer = SeededReplayBuffer(self.buffer_size, self.observation_space, self.action_space,
+                                                    device=self.device, n_envs=self.n_envs,
+                                                    optimize_memory_usage=self.optimize_memory_usage,
+                                                    rng=self.rng, **self.replay_buffer_kwargs)
+        rng_state = self.__dict__.pop("_rng_state", None)
+        if rng_state is not None:
+            self.rng.bit_generator.state = rng_state
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.init_seed)
+            super()._setup_model()
         self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])
         self.policy.set_training_mode(False)
+
+    def _excluded_save_params(self) -> list[str]:
+        # the Generator is saved as its plain state (_rng_state), not as a pickle
+        return [*super()._excluded_save_params(), "rng"]
+
+    # -- saving and loading ----------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str] | io.BufferedIOBase, exclude: Iterable[str] | None = None,
+             include: Iterable[str] | None = None) -> None:
+        """SB3's :meth:`~stable_baselines3.common.base_class.BaseAlgorithm.save` (a zip; ``.zip`` is added to a
+        path without a suffix), written atomically (a temporary file renamed over ``path``), with the replay
+        Generator's state as a plain JSON value so that a loaded model samples the same batches."""
+        self._rng_state = self.rng.bit_generator.state
+        try:
+            if isinstance(path, (str, os.PathLike)):
+                with atomic_file(_with_suffix(path, ".zip")) as tmp, open(tmp, "wb") as f:
+                    super().save(f, exclude=exclude, include=include)  # type: ignore[arg-type]
+            else:
+                super().save(path, exclude=exclude, include=include)
+        finally:
+            del self._rng_state
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | io.BufferedIOBase,  # type: ignore[override]
+             env: GymEnv | None = None, device: torch.device | str = "auto",
+             custom_objects: dict[str, Any] | None = None, print_system_info: bool = False,
+             force_reset: bool = True, **kwargs: Any) -> AMCDDPG:
+        """stable-baselines3's loader, unchanged: a new model from a :meth:`save` zip.
+
+        **Not safe on untrusted files**: SB3 cloudpickle-deserializes the ``":serialized:"`` values of the zip's
+        ``data`` entry, and a crafted value runs arbitrary code. For a file from elsewhere use :meth:`safe_load`.
+        """
+        return super().load(path, env=env, device=device, custom_objects=custom_objects,  # type: ignore[return-value]
+                            print_system_info=print_system_info, force_reset=force_reset, **kwargs)
+
+    @classmethod
+    def safe_load(cls, path: str | os.PathLike[str], env: GymEnv, rng: np.random.Generator | None = None,
+                  device: torch.device | str = "auto") -> AMCDDPG:
+        """A new model from a :meth:`save` zip, **safe on untrusted files**: nothing in it is unpickled.
+
+        The hyper-parameters come from the plain JSON values of the zip's ``data`` (its cloudpickled values are
+        never decoded), the spaces from ``env``; networks larger than the file could hold are refused before they
+        are built, then :meth:`restore` reads the weights. The model is not attached to ``env`` (call ``set_env``
+        before SB3's ``learn``).
+
+        Args:
+            path: the zip.
+            env: an environment (or ``VecEnv``) with the spaces the model was saved with.
+            rng: the Generator to sample the replay buffer with (its state is set from the zip).
+            device: torch device of the networks.
+
+        Raises:
+            CheckpointError: unreadable, inconsistent or oversized; :class:`UnsafeCheckpointError` for a state
+                dict that pickles more than tensors.
+        """
+        where = os.fspath(path)
+        data = read_sb3_data(path)
+        try:
+            arch = data["policy_kwargs"]["net_arch"]
+            options = dict(actor_hidden=_widths(arch["pi"]), critic_hidden=_widths(arch["qf"]),
+                           buffer_size=_plain(data, "buffer_size", int), batch_size=_plain(data, "batch_size", int),
+                           tau=_plain(data, "tau", float), gamma=_plain(data, "gamma", float),
+                           lr_actor=_plain(data, "lr_actor", float), lr_critic=_plain(data, "lr_critic", float),
+                           moving_alpha=_plain(data, "moving_alpha", float),
+                           init_seed=_plain(data, "init_seed", int))
+        except KeyError as e:
+            raise CheckpointError(f"{where}: its data has no plain JSON value for {e} (pickled values are never "
+                                  "read): not an AMCDDPG zip, or a tampered one") from e
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{where} is not an AMCDDPG zip: {e}") from e
+        need = network_bytes(env.observation_space, env.action_space, options["actor_hidden"],
+                             options["critic_hidden"])
+        if need > unpack_limit(os.stat(path).st_size):
+            raise CheckpointError(f"{where} declares networks of {need:,} bytes in a {os.stat(path).st_size:,}-byte "
+                                  "file: refusing to build them (a corrupt or hostile file)")
+        try:
+            model = cls(observation_space=env.observation_space, action_space=env.action_space, rng=rng,
+                        device=device, **options)
+        except ConfigError as e:
+            raise CheckpointError(f"{where}: {e}") from e
+        model.restore(path)
+        return model
+
+    def restore(self, path: str | os.PathLike[str]) -> None:
+        """Put a :meth:`save` zip's state into this model, **safe on untrusted files**: nothing is unpickled.
+
+        Reads the policy and both optimizers (``torch.load(weights_only=True)``, each entry bounded by this
+        model's own size), and the reward baseline, update count and Generator state (plain JSON). The zip must
+        have been saved by a model with this one's networks and hyper-parameters.
+
+        Raises:
+            CheckpointError: unreadable, oversized or saved with other settings; :class:`UnsafeCheckpointError`
+                for a state dict that pickles more than tensors.
+        """
+        where = os.fspath(path)
+        own = sum(t.numel() * t.element_size() for t in self.policy.state_dict().values())
+        data, params = read_sb3_zip(path, max_state_bytes=4 * own + MIN_UNPACK_BYTES)
+        mine = json.loads(json.dumps(self.policy_kwargs))
+        if data.get("policy_kwargs") != mine:
+            raise CheckpointError(f"{where} holds networks {data.get('policy_kwargs')}, this model has {mine}")
+        for key in ("buffer_size", "batch_size", "tau", "gamma", "lr_actor", "lr_critic", "moving_alpha"):
+            saved, own_value = data.get(key), getattr(self, key)
+            if saved != own_value or isinstance(saved, bool):
+                raise CheckpointError(f"{where} was saved with {key}={saved!r}, this model has {own_value!r}")
+        try:
+            baseline = data["reward_baseline"]
+            if baseline is not None:
+                baseline = _plain(data, "reward_baseline", float)
+            n_updates = _plain(data, "_n_updates", int)
+            rng_state = data["_rng_state"]
+            probe = np.random.default_rng()  # validates the state before the shared Generator takes it
+            probe.bit_generator.state = rng_state
+        except KeyError as e:
+            raise CheckpointError(f"{where}: its data has no plain JSON value for {e} (pickled values are never "
+                                  "read): not an AMCDDPG zip, or a tampered one") from e
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{where}: {e}") from e
+        _check_saved_state(self, params, where)
+        try:
+            self.set_parameters(params, exact_match=True, device=self.device)
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{where} does not fit this model ({type(e).__name__}: "
+                                  f"{(str(e).splitlines() or [''])[0][:200]})") from e
+        self.reward_baseline, self._n_updates = baseline, n_updates
+        self.rng.bit_generator.state = rng_state
+
+    def save_replay_buffer(self, path: str | os.PathLike[str] | io.BufferedIOBase) -> None:
+        """Save the replay buffer, SB3's method with a safe format: an ``.npz`` (added to a path without a suffix)
+        of the buffer's arrays and its ``pos`` / ``full``, written atomically; no pickle."""
+        assert self.replay_buffer is not None, "The replay buffer is not defined"
+        buffer = self.replay_buffer
+        arrays = {name: getattr(buffer, name) for name in _replay_arrays(buffer)}
+        arrays.update(pos=np.int64(buffer.pos), full=np.bool_(buffer.full))
+        if isinstance(path, (str, os.PathLike)):
+            with atomic_file(_with_suffix(path, ".npz")) as tmp, open(tmp, "wb") as f:
+                write_npz(f, arrays)
+        else:
+            write_npz(path, arrays)  # type: ignore[arg-type]
+
+    def load_replay_buffer(self, path: str | os.PathLike[str] | io.BufferedIOBase,
+                           truncate_last_traj: bool = True) -> None:
+        """Load a :meth:`save_replay_buffer` file into the replay buffer, in place, **safe on untrusted files**.
+
+        Every array's declared shape and dtype must be exactly this buffer's (built from the spaces and
+        ``buffer_size``, never from the file) before it is read, with ``allow_pickle=False``; nothing changes
+        unless all of them are. SB3's pickled buffers are refused (they could run code).
+
+        Args:
+            path: the ``.npz`` (``.npz`` is added to a path without a suffix).
+            truncate_last_traj: SB3's option for ``HerReplayBuffer``; unused (a DDPG buffer has no trajectories).
+        """
+        assert self.replay_buffer is not None, "The replay buffer is not defined"
+        buffer = self.replay_buffer
+        source = _with_suffix(path, ".npz") if isinstance(path, (str, os.PathLike)) else path
+        expected = {name: (getattr(buffer, name).shape, getattr(buffer, name).dtype)
+                    for name in _replay_arrays(buffer)}
+        expected.update(pos=((), np.dtype(np.int64)), full=((), np.dtype(np.bool_)))
+        arrays = read_npz(source, expected)  # type: ignore[arg-type]
+        pos, full = int(arrays.pop("pos")), bool(arrays.pop("full"))
+        if not 0 <= pos < buffer.buffer_size:
+            raise CheckpointError(f"{source}: replay position {pos} is outside the buffer's {buffer.buffer_size}")
+        for name, array in arrays.items():
+            np.copyto(getattr(buffer, name), array)
+        buffer.pos, buffer.full = pos, full
 
     def _update_learning_rate(self, optimizers: list[torch.optim.Optimizer] | torch.optim.Optimizer) -> None:
         """AMC's separate rates: ``lr_actor`` for the actor's optimizer, ``lr_critic`` for the critic's.
@@ -184,6 +421,86 @@ class AMCDDPG(DDPG):
             metrics.update(actor_loss=float(np.mean(actor_losses)), critic_loss=float(np.mean(critic_losses)),
                            reward_baseline=float(self.reward_baseline))  # type: ignore[arg-type]
         return metrics
+
+
+def _with_suffix(path: str | os.PathLike[str], suffix: str) -> Path:
+    """``path``, with ``suffix`` added when it has none (SB3's rule for its ``.zip`` and ``.pkl`` files)."""
+    path = Path(path)
+    return path if path.suffix else path.with_suffix(suffix)
+
+
+def _replay_arrays(buffer: ReplayBuffer) -> list[str]:
+    return [name for name in REPLAY_ARRAYS if getattr(buffer, name, None) is not None]
+
+
+def _flat(space: spaces.Space) -> int:
+    return math.prod(int(d) for d in (space.shape or ()))
+
+
+def _transition_bytes(observation_space: spaces.Space, action_space: spaces.Space) -> int:
+    """The replay buffer's bytes per transition: observation and next one, action, reward, done, timeout."""
+    obs_bytes = _flat(observation_space) * np.dtype(observation_space.dtype or np.float32).itemsize
+    return 2 * obs_bytes + 4 * (_flat(action_space) + 3)
+
+
+def network_bytes(observation_space: spaces.Space, action_space: spaces.Space, actor_hidden: Sequence[int],
+                  critic_hidden: Sequence[int]) -> int:
+    """The float32 bytes of one actor and one critic (state -> action, state + action -> value) of these widths."""
+    obs, act = _flat(observation_space), _flat(action_space)
+
+    def mlp(widths: list[int]) -> int:
+        return sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:], strict=False))
+
+    return 4 * (mlp([obs, *map(int, actor_hidden), act]) + mlp([obs + act, *map(int, critic_hidden), 1]))
+
+
+def _widths(value: Any) -> list[int]:
+    if not (isinstance(value, list) and value and all(type(w) is int and w > 0 for w in value)):
+        raise ValueError(f"hidden widths must be a list of positive integers, got {value!r}")
+    return value
+
+
+def _plain(data: Mapping[str, Any], key: str, kind: type) -> Any:
+    """``data[key]`` as a plain JSON ``int`` (not a bool) or a finite ``float`` (an int is one too)."""
+    value = data[key]
+    if kind is int and type(value) is int:
+        return value
+    if kind is float and type(value) in (int, float) and math.isfinite(value):
+        return float(value)
+    raise ValueError(f"{key} is {value!r}, not a plain {kind.__name__}")
+
+
+def _check_saved_state(model: AMCDDPG, params: Mapping[str, Any], where: str) -> None:
+    """Every tensor of the saved state dicts must have its parameter's shape, checked before any is loaded.
+
+    torch's ``load_state_dict`` copies the matching tensors before it reports the others (a refused file would
+    leave a half-loaded model), and an optimizer takes its per-parameter state (Adam's moments) as it comes: a
+    wrong or stride-0 one would only fail in the middle of an update.
+    """
+    own = model.policy.state_dict()
+    saved = params["policy"]
+    if not isinstance(saved, Mapping) or saved.keys() != own.keys():
+        keys = sorted(set(saved) ^ set(own)) if isinstance(saved, Mapping) else type(saved).__name__
+        raise CheckpointError(f"{where}: the policy's tensors are not this model's (differing: {keys})")
+    for key, value in saved.items():
+        if not isinstance(value, torch.Tensor) or value.shape != own[key].shape:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise CheckpointError(f"{where}: the policy's {key} is {got}, this model's {tuple(own[key].shape)}")
+    for name, optimizer in (("actor.optimizer", model.actor.optimizer), ("critic.optimizer", model.critic.optimizer)):
+        tensors = [p for group in optimizer.param_groups for p in group["params"]]
+        state = params[name]
+        per_param = state.get("state") if isinstance(state, Mapping) else None
+        if not isinstance(per_param, Mapping) or not isinstance(state.get("param_groups"), list):
+            raise CheckpointError(f"{where}: {name} is not an optimizer state dict")
+        for index, entries in per_param.items():
+            if type(index) is not int or not 0 <= index < len(tensors) or not isinstance(entries, Mapping):
+                raise CheckpointError(f"{where}: {name} holds state for parameter {index!r} of {len(tensors)}")
+            for key, value in entries.items():
+                if key == "step" or not isinstance(value, torch.Tensor):
+                    continue
+                if value.shape != tensors[index].shape or not value.is_contiguous():
+                    raise CheckpointError(f"{where}: {name}'s {key!r} of parameter {index} is {tuple(value.shape)}, "
+                                          f"the parameter {tuple(tensors[index].shape)}")
 
 
 @contextlib.contextmanager
@@ -269,11 +586,15 @@ class DDPGAgent(SearchAgent):
         # sigma is configured in ratio units (AMC's actions are ratios); the actions span [lo, hi] over [-1, 1]
         self.action_per_ratio = 2.0 / (hi - lo)
         self.noise = TruncatedNormalNoise(self.sigma * self.action_per_ratio, self.sigma_decay)
-        self.model = AMCDDPG(env.observation_space, env.action_space,  # type: ignore[arg-type]
+        transition = _transition_bytes(env.observation_space, env.action_space)
+        _check(int(replay_episodes) * n_units * transition <= MAX_REPLAY_BYTES,
+               f"agent replay_episodes={replay_episodes} x {n_units} units is a replay buffer of "
+               f"{int(replay_episodes) * n_units * transition:,} bytes, over the {MAX_REPLAY_BYTES >> 30} GiB limit")
+        self.model = AMCDDPG(observation_space=env.observation_space, action_space=env.action_space,
                              actor_hidden=actor_hidden, critic_hidden=critic_hidden, lr_actor=lr_actor,
                              lr_critic=lr_critic, buffer_size=int(replay_episodes) * n_units,
-                             batch_size=int(batch_size), tau=tau, discount=discount, moving_alpha=moving_alpha,
-                             rng=self.rng, init_seed=self.seed, device=device)
+                             batch_size=int(batch_size), tau=float(tau), gamma=float(discount),
+                             moving_alpha=moving_alpha, rng=self.rng, init_seed=self.seed, device=device)
 
     @property
     def replay_buffer(self) -> SeededReplayBuffer:
@@ -341,29 +662,50 @@ class DDPGAgent(SearchAgent):
 
     # -- checkpoints ----------------------------------------------------------------------------------------
 
-    _BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+    checkpoint_files = (MODEL_FILE, REPLAY_FILE)
 
-    def state_dict(self) -> dict[str, Any]:
-        buffer = self.replay_buffer
-        state = super().state_dict()
-        state.update(
-            policy=self.model.policy.state_dict(),  # actor, critic and both targets
-            actor_optimizer=self.model.actor.optimizer.state_dict(),
-            critic_optimizer=self.model.critic.optimizer.state_dict(),
-            replay={"pos": int(buffer.pos), "full": bool(buffer.full),
-                    **{k: torch.from_numpy(np.array(getattr(buffer, k))) for k in self._BUFFER_ARRAYS}},
-            reward_baseline=self.model.reward_baseline, n_updates=int(self.model._n_updates))
-        return state
+    def save_files(self, folder: Path) -> None:
+        """The networks and optimizers as stable-baselines3's zip (:data:`MODEL_FILE`), the replay buffer as an
+        ``.npz`` (:data:`REPLAY_FILE`)."""
+        self.model.save(folder / MODEL_FILE)
+        self.model.save_replay_buffer(folder / REPLAY_FILE)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.model.policy.load_state_dict(state["policy"])
-        self.model.actor.optimizer.load_state_dict(state["actor_optimizer"])
-        self.model.critic.optimizer.load_state_dict(state["critic_optimizer"])
+    def restore(self, folder: Path, meta: Mapping[str, Any]) -> None:
+        """Read :meth:`save_files`' files safely (:meth:`AMCDDPG.restore`, :meth:`AMCDDPG.load_replay_buffer`)."""
+        for name in self.checkpoint_files:
+            if not (folder / name).is_file():
+                raise CheckpointError(f"{folder} has no {name}: an incomplete DDPG agent checkpoint")
+        self.model.restore(folder / MODEL_FILE)
+        self.model.load_replay_buffer(folder / REPLAY_FILE)
+        super().restore(folder, meta)
+
+    @classmethod
+    def state_bytes(cls, options: Mapping[str, Any], env: gymnasium.Env) -> int:
+        """The networks' and the replay buffer's bytes for ``options`` on ``env`` (every one of them is stored in
+        the checkpoint's files, the networks several times over)."""
+        obs, act = env.observation_space, env.action_space
+        n_units = int(getattr(env.unwrapped, "n_units", 0))
+        return (network_bytes(obs, act, options.get("actor_hidden", (300, 300)),
+                              options.get("critic_hidden", (300, 300)))
+                + int(options.get("replay_episodes", 100)) * n_units * _transition_bytes(obs, act))
+
+    def load_legacy_state(self, state: Mapping[str, Any]) -> None:
+        """Restore a checkpoint of amc before stable-baselines3 zips (``agent.pt``: one ``torch.save`` dict)."""
+        super().load_legacy_state(state)
+        params = {"policy": state["policy"], "actor.optimizer": state["actor_optimizer"],
+                  "critic.optimizer": state["critic_optimizer"]}
+        _check_saved_state(self.model, params, "agent.pt")
+        self.model.set_parameters(params, exact_match=True, device=self.model.device)
         buffer, replay = self.replay_buffer, state["replay"]
-        for k in self._BUFFER_ARRAYS:
-            np.copyto(getattr(buffer, k), replay[k].numpy())
-        buffer.pos, buffer.full = int(replay["pos"]), bool(replay["full"])
+        for name in REPLAY_ARRAYS:
+            own, saved = getattr(buffer, name), replay[name]
+            if tuple(saved.shape) != own.shape:  # np.copyto would broadcast a smaller array silently
+                raise CheckpointError(f"agent.pt: replay {name} is {tuple(saved.shape)}, this agent's {own.shape}")
+            np.copyto(own, saved.numpy())
+        pos = int(replay["pos"])
+        if not 0 <= pos < buffer.buffer_size:
+            raise CheckpointError(f"agent.pt: replay position {pos} is outside the buffer's {buffer.buffer_size}")
+        buffer.pos, buffer.full = pos, bool(replay["full"])
         baseline = state["reward_baseline"]
         self.model.reward_baseline = None if baseline is None else float(baseline)
         self.model._n_updates = int(state["n_updates"])

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from agents import AGENTS, DDPGAgent, RandomSearchAgent, SearchAgent, UniformAgent, agent_from_config, make_agent
-from agents.base import CHECKPOINT, action_for_ratio
+from agents.base import AGENT_FILE, LEGACY_FILE, action_for_ratio
 from agents.noise import TruncatedNormalNoise, sample_truncated_normal
 from amc.errors import CheckpointError, ConfigError
 from amc.registry import option_names
@@ -174,25 +174,34 @@ def test_resume_continues_exactly(tmp_path):
 def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     agent = ddpg(warmup=1)
     agent.run(2)
-    agent.save(tmp_path)
+    folder = tmp_path / "agent"
+    agent.save(folder)
     agent.run(3)
 
-    def crash(obj, f, *args, **kwargs):  # a write that dies halfway through
-        Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+    def crash(obj, f, *args, **kwargs):  # a write that dies halfway through the model zip
+        f.write(b"PK\x03\x04 half a checkpoint")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
     with pytest.raises(OSError, match="disk full"):
-        agent.save(tmp_path)
+        agent.save(folder)
     monkeypatch.undo()
-    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT]  # no temporary file left behind
-    assert SearchAgent.load(tmp_path, ToyPruningEnv()).episodes_done == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["agent"]  # no temporary folder left behind
+    assert SearchAgent.load(folder, ToyPruningEnv()).episodes_done == 2
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="not an agent checkpoint folder: save the agent into a folder of its"):
+        agent.save(tmp_path)  # a folder holding other files is never replaced
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_load_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no agent checkpoint"):
         SearchAgent.load(tmp_path, ToyPruningEnv())
-    (tmp_path / CHECKPOINT).write_bytes(b"garbage")
+    (tmp_path / AGENT_FILE).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        SearchAgent.load(tmp_path, ToyPruningEnv())
+    (tmp_path / AGENT_FILE).unlink()
+    (tmp_path / LEGACY_FILE).write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="not a readable agent checkpoint"):
         SearchAgent.load(tmp_path, ToyPruningEnv())
     agent = ddpg(warmup=1)

@@ -73,7 +73,7 @@ def test_stub_search_writes_everything_and_meets_the_budget(tmp_path: Path) -> N
     events = list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert read_scalars(out, ("search/reward",))["search/reward"][0] == list(range(1, 9))  # steps = episode numbers
     assert events and any((out / "tensorboard").glob("hparams/events.out.tfevents.*"))
-    assert (out / "checkpoint" / "agent" / "agent.pt").is_file()
+    assert (out / "checkpoint" / "agent" / "model.zip").is_file()  # stable-baselines3 DDPG.load reads it
     assert (out / "reward_curves.svg").read_text().startswith("<svg")
 
 
