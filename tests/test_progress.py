@@ -14,7 +14,7 @@ import torch
 
 from amc.console import ProgressLog, configure_progress, log, print_table, progress_settings
 from amc.data.loaders import TrainSet
-from amc.eval.latency import Latency, speedup
+from amc.eval.latency import Latency, speedup, spread_text
 from amc.train.loss import YOLOv7Loss, scale_hyp
 from amc.train.trainer import Trainer, TrainConfig
 from conftest import mini_model
@@ -114,4 +114,4 @@ def test_latency_carries_its_spread_and_says_when_it_is_too_noisy() -> None:
     assert Latency.of([10.0, 10.0, 10.0], threads=1).noisy(0.2)  # too few passes for quartiles to mean anything
     assert speedup(quiet, Latency.of([5.0, 5.05, 4.95, 5.0, 5.1, 4.9], threads=1)) == pytest.approx(2.0, rel=0.02)
     assert speedup(quiet, busy) is None and speedup(busy, quiet) is None  # no ratio from noise
-    assert quiet.describe().startswith("10.00 ±") and quiet.to_dict()["spread"] == quiet.spread
+    assert quiet.to_dict()["spread"] == quiet.spread and spread_text(quiet) == f"{quiet.spread:.0%}"

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from amc.config import plain
+from amc.config import config_number, plain
 from amc.data.datasets import DetectionDataset, load_dataset
 from amc.device import select_device
 from amc.errors import ConfigError
+from amc.eval.latency import DEFAULT_MAX_SPREAD
 from amc.models import load_cfg
 from amc.models.io import load_model, packaged
 from amc.models.yolo import YOLOv7
@@ -124,6 +125,13 @@ def packaged_model(name: str, seed: int) -> YOLOv7:
         raise ConfigError(f"{name} is not a packaged official cfg (see conf/model/)")
     torch.manual_seed(seed)
     return YOLOv7(load_cfg(path)).eval()
+
+
+def max_latency_spread(cfg: DictConfig) -> float:
+    """``max_latency_spread`` of conf/bench.yaml: the relative spread past which a latency is too noisy to trust
+    (:data:`~amc.eval.latency.DEFAULT_MAX_SPREAD` when absent); a one-line error when not a number >= 0."""
+    value = config_number(cfg, "max_latency_spread", float, 0.0, optional=True)
+    return DEFAULT_MAX_SPREAD if value is None else float(value)
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:

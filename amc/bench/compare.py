@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from amc.atomic import atomic_write_json, atomic_write_text
 from amc.bench.common import finetune_pruned
 from amc.config import compose_config, config_number, output_dir, plain, search_split
-from amc.console import console, print_table
+from amc.console import ProgressLog, console, is_terminal, log_line, print_table
 from amc.data.loaders import EvalSet, TrainSet, sample_batches
 from amc.device import select_device
 from amc.errors import AmcError, ConfigError
@@ -597,24 +597,24 @@ class CompareBench:
             return self._report_finished(done)
         self._prepare_scoring()
         unpruned = self._unpruned()
-        cell_seconds: list[float] = []
+        # one line per cell (each takes minutes), on the console and in the job log; ETA from this run's cells
+        cells_log = ProgressLog("bench=compare cell", len(todo), start=len(done), interval_s=0, echo=True)
         for i, (budget, method, seed) in enumerate(todo, 1):
             label = f"cell {i}/{len(todo)}: budget {budget.key}, {method}, seed {seed}"
             if (budget.key, method, seed) in done:
                 console.print(f"[dim]{label}: finished earlier, read back[/dim]")
                 continue
-            console.rule(label)
+            if is_terminal():
+                console.rule(label)
+            log_line(f"--- {label}", echo=not is_terminal())  # a rule would be the log console's 1000 columns
             t0 = time.perf_counter()
             record = self._run_cell(budget, method, seed)
             record["cell_s"] = time.perf_counter() - t0
             atomic_write_json(self.cell_path(budget, method, seed), record)  # kept before anything else can fail
             done[(budget.key, method, seed)] = record
-            cell_seconds.append(record["cell_s"])
-            left = sum(1 for c in todo if (c[0].key, c[1], c[2]) not in done)
-            eta = f", about {left * statistics.fmean(cell_seconds) / 60:.0f} min left" if left else ""
-            console.print(f"{label}: proxy {_fmt(record['map_proxy'])}, full {_fmt(record['map_full'])}, fine-tuned "
-                          f"{_fmt(record['map_finetuned'])}, FLOPs {record['flops_ratio']:.1%} in "
-                          f"{record['cell_s']:.0f} s; {len(done)}/{len(todo)} cells done{eta}")
+            cells_log.update(len(done), f"budget {budget.key}, {method}, seed {seed}: proxy "
+                             f"{_fmt(record['map_proxy'])}, full {_fmt(record['map_full'])}, fine-tuned "
+                             f"{_fmt(record['map_finetuned'])}, FLOPs kept {record['flops_ratio']:.1%}")
         cells: dict[str, dict[str, list[dict[str, Any]]]] = {
             b.key: {m: [done[(b.key, m, s)] for s in self.seeds] for m in self.methods} for b in self.budgets}
         return self._results(cells, unpruned, started)

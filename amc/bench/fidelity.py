@@ -24,7 +24,7 @@ from amc.atomic import atomic_write_json, atomic_write_text
 from amc.bench.common import (bench_device, container, demo_splits, finetune_pruned, safe_spearman, seeded_model,
                               spearman)
 from amc.config import output_dir
-from amc.console import console, print_table
+from amc.console import ProgressLog, console, print_table
 from amc.data.loaders import EvalSet, TrainSet, sample_batches
 from amc.errors import ConfigError
 from amc.eval.evaluator import DetectionEvaluator
@@ -130,10 +130,13 @@ def fidelity_bench(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
         try:
             unpruned = evaluator(None).map50_95
             scores, seconds = [], []
-            for p in policies:
+            # a log (not a terminal) hears from a long variant every progress_interval_s, with an ETA
+            scoring = ProgressLog(f"bench=fidelity proxy {name} policy", len(policies))
+            for k, p in enumerate(policies, 1):
                 r = evaluator(p["selection"])
                 scores.append(r.map50_95)
                 seconds.append(r.total_s)
+                scoring.update(k, f"proxy mAP {r.map50_95:.3f}")
         finally:
             evaluator.close()
         proxy_scores[name] = scores
@@ -172,6 +175,8 @@ def fidelity_bench(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
 
     rows: list[dict[str, Any]] = []
     full_s, finetune_s = [], []
+    # one line per policy (each is a full evaluation and fine-tunes), on the console and in the job log, with an ETA
+    reference = ProgressLog("bench=fidelity policy", len(policies), interval_s=0, echo=True)
     for i, p in enumerate(policies):
         t0 = time.perf_counter()
         pruned = prune_model(model, space, p["selection"]).to(device)
@@ -197,9 +202,8 @@ def fidelity_bench(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
             if name != "proxy":
                 row[f"{name}_map50_95"] = proxy_scores[name][i]
         rows.append(row)
-        console.print(f"policy {i + 1}/{len(policies)} ({p['kind']}, {p['criterion']}): proxy {row['proxy_map50_95']:.3f}"
-                      f" full {full:.3f}" + (f" fine-tuned {tuned:.3f}" if tuned is not None else "")
-                      + f" ({full_s[-1] + (finetune_s[-1] if finetune_s else 0.0):.0f} s)")
+        reference.update(i + 1, f"{p['kind']}, {p['criterion']}: proxy {row['proxy_map50_95']:.3f} full {full:.3f}"
+                         + (f" fine-tuned {tuned:.3f}" if tuned is not None else ""))
     timings["full_s"] = sum(full_s)
     timings["finetune_s"] = sum(finetune_s)
     timings["finetune_per_policy_s"] = statistics.median(finetune_s) if finetune_s else 0.0

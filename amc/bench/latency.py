@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from amc.bench.common import median_ms, packaged_model
+from amc.bench.common import max_latency_spread, median_ms, packaged_model
 from amc.config import output_dir, parse_img_size
-from amc.console import console, print_table
+from amc.console import console, print_table, warn
 from amc.factory import rounding_from_config
 from amc.pruning.baselines import uniform_policy
 from amc.pruning.budget import scale_to_budget
@@ -25,6 +25,7 @@ def latency_bench(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     directory) and compare its estimates with measured pruned models."""
     b = cfg.bench
     img_size = parse_img_size(b.img_size)
+    max_spread = max_latency_spread(cfg)
     model = packaged_model(str(b.model), int(cfg.seed))
     space = PruningSpace.from_model(model, img_size, rounding_from_config(b.pruning))
     t0 = time.perf_counter()
@@ -39,12 +40,21 @@ def latency_bench(cfg: DictConfig, out_dir: str | Path | None = None) -> dict:
     for k in range(int(b.random_policies)):
         policies[f"random {k}"] = scale_to_budget(space, rng.uniform(0, 1, len(space)), rng.uniform(0.3, 0.7))
     check = validate_table(table, model, space, policies, "l1", runs=int(b.runs), rounds=int(b.rounds))
-    rows = [[r.name, f"{r.flops_ratio:.1%}", f"{r.estimated_ms:.1f}", f"{r.measured_ms:.1f}", f"{r.rel_error:+.1%}"]
+    # a measurement that spread too much is no test of the table: its error is flagged, not trusted
+    rows = [[r.name, f"{r.flops_ratio:.1%}", f"{r.estimated_ms:.1f}", f"{r.measured_ms:.1f}",
+             "-" if r.measured_spread is None else f"{r.measured_spread:.0%}",
+             f"{r.rel_error:+.1%}" + (" (noisy)" if r.noisy(max_spread) else "")]
             for r in [*check.rows, check.reference]]
     print_table(f"{b.model} at {img_size[0]}x{img_size[1]} on {b.backend} ({b.threads} threads): table estimate vs "
                 f"measured (built in {build_s:.1f} s, {estimate_us:.0f} us per estimate)",
-                ["policy", "FLOPs kept", "estimated ms", "measured ms", "error"], rows)
+                ["policy", "FLOPs kept", "estimated ms", "measured ms", "IQR", "error"], rows)
     console.print(f"mean |error| {check.mean_abs_rel_error:.1%}, max {check.max_abs_rel_error:.1%} "
                   f"(drift-corrected: mean {check.mean_abs_scaled_error:.1%}, max {check.max_abs_scaled_error:.1%})")
+    noisy = check.noisy(max_spread)
+    if noisy:
+        warn(f"latency too noisy to trust for {', '.join(noisy)}: the timed passes spread past {max_spread:.0%} of "
+             f"the median (max_latency_spread), so their errors measure the machine, not the table; time again on "
+             f"an idle machine")
     return {"model": str(b.model), "backend": str(b.backend), "img_size": list(img_size), "threads": int(b.threads),
-            "build_s": build_s, "estimate_us": estimate_us, "validation": check.to_dict()}
+            "build_s": build_s, "estimate_us": estimate_us, "validation": check.to_dict(),
+            "max_latency_spread": max_spread, "latency_noisy": noisy}

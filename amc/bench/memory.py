@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from amc.atomic import atomic_write_json, atomic_write_text
 from amc.config import compose_config, config_number, output_dir
-from amc.console import console, print_table
+from amc.console import ProgressLog, console, print_table
 from amc.errors import AmcError, ConfigError
 from amc.plots import line_svg
 from amc.search.runner import SearchRunner
@@ -235,11 +235,15 @@ def _sampled_runner(cfg: DictConfig, run_dir: Path, sampler: RssSampler, every: 
     the sample is taken once the runner has finished with the episode, so what was allocated for it (log lines,
     the checkpoint) is in it."""
     total = int(cfg.episodes)
+    # the search runs without its own progress output (bench.search.progress: false): a line per sample instead,
+    # so a log shows the long search advancing and its memory with it
+    progress = ProgressLog("bench=memory episode", total, echo=True)
 
     def sample(report) -> None:  # noqa: ANN001 (agents.base.EpisodeReport)
         done = int(report.episode) + 1
         if done % every == 0 or done == total:
             sampler.sample(done)
+            progress.update(done, f"RSS {sampler.rss_kib[sampler.count - 1] / KIB_PER_MIB:.1f} MiB")
 
     return SearchRunner(cfg, run_dir, after_episode=sample)
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from amc.atomic import atomic_write_json
 from amc.config import config_number, output_dir
-from amc.console import console, print_table
+from amc.console import ProgressLog, console, print_table
 from amc.errors import ConfigError
 from amc.search.parallel import episodes_per_hour
 
@@ -75,6 +75,8 @@ def parallel_bench(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[s
         raise ConfigError(f"bench.device must be cpu, cuda or cuda:N, got {device!r}")
     out_dir = output_dir(out_dir)
     rows: list[dict[str, Any]] = []
+    # each setting is a whole search in a subprocess whose output is captured: a line after each, with an ETA
+    settings_log = ProgressLog("bench=parallel setting", len(workers), interval_s=0, echo=True)
     for n in workers:
         console.print(f"workers={n}: {episodes} episodes ({warmup} warm-up) on {device}, {threads or 'default'} "
                       f"torch threads per worker")
@@ -88,6 +90,8 @@ def parallel_bench(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[s
                      "setup_s": results.get("setup_s"), "workers_setup_s": results.get("workers_setup_s"),
                      "wall_s": wall, "best_reward": results.get("best_reward"),
                      "run_dir": str(out_dir / f"workers-{n}")})
+        settings_log.update(len(rows), f"workers={n}: {rows[-1]['episodes_per_hour']:.0f} episodes/hour, "
+                                       f"command {wall:.0f} s")
     reference = next((r for r in rows if r["workers"] == 1), rows[0])
     for r in rows:
         r["speedup"] = r["episodes_per_hour"] / reference["episodes_per_hour"]

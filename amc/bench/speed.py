@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from amc.atomic import atomic_write_json
 from amc.bench.common import bench_device, container, demo_splits, seeded_model, sync
 from amc.config import output_dir
-from amc.console import console, print_table
+from amc.console import ProgressLog, console, print_table
 from amc.errors import ConfigError
 from amc.eval.nms import non_max_suppression
 from amc.factory import make_criterion, rounding_from_config
@@ -65,8 +65,10 @@ def _speed_one(label: str, model, val, train, settings, b: DictConfig, seed: int
                         max_det=s.max_det) if s is not None else {}
     rng = np.random.default_rng(seed)
     episodes = []
+    total = int(b.warmup) + int(b.episodes)
+    progress = ProgressLog(f"bench=speed {label} episode", total)  # plain lines when the output is a log
     try:
-        for e in range(int(b.warmup) + int(b.episodes)):
+        for e in range(total):
             ratios = rng.uniform(0.0, rounding.max_ratio, len(space))
             t0 = time.perf_counter()
             selection = criterion.select(space.kept_channels(ratios))
@@ -100,6 +102,8 @@ def _speed_one(label: str, model, val, train, settings, b: DictConfig, seed: int
                                  "recover_s": result.recover_s, "val_s": result.eval_s, "nms_s": nms_s,
                                  "rest_s": episode_s - select_s - result.bn_s - result.recover_s - result.eval_s,
                                  "map50_95": result.map50_95})
+            progress.update(e + 1, f"episode {episode_s:.2f} s, floor {bn_floor + recover_floor + fwd_floor:.2f} s"
+                            + (" (warm-up)" if e < int(b.warmup) else ""))
     finally:
         evaluator.close()
     med = {k: statistics.median(ep[k] for ep in episodes) for k in episodes[0] if k != "map50_95"}

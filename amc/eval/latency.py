@@ -103,11 +103,6 @@ class Latency:
         spread = self.spread
         return self.runs < 4 or spread is None or spread > max_spread
 
-    def describe(self) -> str:
-        """``median ± IQR/2`` in ms, e.g. ``8.54 ±0.21``: the figure and how far its passes spread."""
-        iqr = self.iqr_ms
-        return f"{self.median_ms:.2f}" if iqr is None else f"{self.median_ms:.2f} ±{iqr / 2:.2f}"
-
     def to_dict(self) -> dict[str, float | int | str | None]:
         """Plain figures for ``metrics.json``: median, quartiles, IQR, relative spread, min, max, runs."""
         return {"median_ms": self.median_ms, "q1_ms": self.q1_ms, "q3_ms": self.q3_ms, "iqr_ms": self.iqr_ms,
@@ -123,6 +118,13 @@ def quartiles(times: Sequence[float]) -> tuple[float, float]:
         return values[0], values[0]
     q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
     return q1, q3
+
+
+def spread_text(latency: Latency | None) -> str:
+    """A table cell for a latency's spread: the interquartile range as a fraction of the median (``4%``, the figure
+    the noise threshold applies to), ``-`` when unknown."""
+    spread = None if latency is None else latency.spread
+    return "-" if spread is None else f"{spread:.0%}"
 
 
 def speedup(reference: Latency, other: Latency, max_spread: float = DEFAULT_MAX_SPREAD) -> float | None:

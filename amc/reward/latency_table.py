@@ -56,9 +56,10 @@ import torch
 from torch import nn
 
 from amc.atomic import atomic_write_json
+from amc.console import ProgressLog, is_terminal, progress_settings
 from amc.errors import ConfigError
-from amc.eval.latency import (DEFAULT_WARMUP, ONNX_OPSET, check_backend, compare_latency, device_name,
-                              latency_session, run_interleaved)
+from amc.eval.latency import (DEFAULT_MAX_SPREAD, DEFAULT_WARMUP, ONNX_OPSET, check_backend, compare_latency,
+                              device_name, latency_session, run_interleaved)
 from amc.models.yolo import YOLOv7
 from amc.pruning.criteria import make_criterion
 from amc.pruning.physical import prune_model
@@ -580,7 +581,8 @@ def _measure_block(session, plan: dict[str, Any], warmup: int, runs: int, rounds
 
 
 class _progress:
-    """A rich progress bar (or nothing), as a context manager yielding ``advance()``."""
+    """A rich progress bar on a terminal, plain lines into a file or pipe (every ``progress_heartbeat_s``: a table
+    times hundreds of blocks), or nothing; as a context manager yielding ``advance()``."""
 
     def __init__(self, enabled: bool, total: int, description: str) -> None:
         self.enabled, self.total, self.description = enabled, total, description
@@ -589,6 +591,10 @@ class _progress:
     def __enter__(self):
         if not self.enabled:
             return lambda: None
+        if not is_terminal():
+            lines = ProgressLog(f"{self.description}: block", self.total, interval_s=progress_settings.heartbeat_s)
+            done = iter(range(1, self.total + 1))
+            return lambda: lines.update(next(done, self.total))
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -611,6 +617,12 @@ class ValidationRow:
     flops_ratio: float  # fused MACs kept
     estimated_ms: float
     measured_ms: float
+    measured_spread: float | None = None  # interquartile range / median of the timed passes (None: unknown)
+
+    def noisy(self, max_spread: float = DEFAULT_MAX_SPREAD) -> bool:
+        """Whether the measurement spread past ``max_spread``: its error then says more about the machine than
+        about the table."""
+        return self.measured_spread is None or self.measured_spread > max_spread
 
     @property
     def rel_error(self) -> float:
@@ -656,6 +668,10 @@ class TableValidation:
     def max_abs_scaled_error(self) -> float:
         return float(np.abs(self.scaled_errors).max()) if self.rows else float("nan")
 
+    def noisy(self, max_spread: float = DEFAULT_MAX_SPREAD) -> list[str]:
+        """The models (reference included) whose measurement spread past ``max_spread``."""
+        return [r.name for r in (*self.rows, self.reference) if r.noisy(max_spread)]
+
     def to_dict(self) -> dict[str, Any]:
         def row(r: ValidationRow) -> dict[str, Any]:
             return {**asdict(r), "rel_error": r.rel_error}
@@ -700,7 +716,8 @@ def validate_table(table: LatencyTable, model: nn.Module, space, policies: Seque
     key = table.key
     measured = compare_latency(models, key.img_size, key.backend, key.batch_size, key.threads, warmup, runs, rounds,
                                device)
-    reference = ValidationRow("unpruned", 1.0, table.estimate(space.full_widths), measured["unpruned"].median_ms)
-    rows = [ValidationRow(name, ratios[name], table.estimate(widths[name]), measured[name].median_ms)
-            for name in named]
+    reference = ValidationRow("unpruned", 1.0, table.estimate(space.full_widths), measured["unpruned"].median_ms,
+                              measured["unpruned"].spread)
+    rows = [ValidationRow(name, ratios[name], table.estimate(widths[name]), measured[name].median_ms,
+                          measured[name].spread) for name in named]
     return TableValidation(rows, reference)

@@ -15,7 +15,7 @@ from amc.atomic import atomic_write_json, atomic_write_text
 from amc.config import config_number
 from amc.console import console, print_table, warn
 from amc.errors import ConfigError
-from amc.eval.latency import DEFAULT_MAX_SPREAD, Latency, compare_latency, speedup
+from amc.eval.latency import DEFAULT_MAX_SPREAD, Latency, compare_latency, speedup, spread_text
 from amc.models.io import save_model
 from amc.pruning.physical import prune_model
 from amc.reward.evaluation import policy_outcome
@@ -165,18 +165,17 @@ def _print_summary(setup: SearchSetup, state: SearchState, rows: dict[str, dict[
         table.append([name, fmt(r["map50_95_proxy"], ".4f"), f"{r['params'] / 1e6:.3f}M",
                       f"{r['params'] / base['params']:.1%}", f"{r['gflops']:.3f}",
                       f"{r['gflops'] / base['gflops']:.1%}",
-                      measured[name].describe() if name in measured else "-",
+                      fmt(r["latency_ms"], ".2f"), spread_text(measured.get(name)),
                       _speedup_text(r, name in measured)])
     s = setup.settings
     print_table(f"{setup.source}: {setup.cfg.agent.name} search, {s.budget_metric} budget {s.budget_fraction:g}, "
                 f"{state.episodes_done} episodes (mAP: proxy mAP@0.5:0.95 before fine-tuning)",
-                ["model", "mAP proxy", "params", "of orig.", "GFLOPs", "of orig.", "ms", "speed-up"], table)
+                ["model", "mAP proxy", "params", "of orig.", "GFLOPs", "of orig.", "ms", "IQR", "speed-up"], table)
     if measured:
         runs = next(iter(measured.values())).runs
-        console.print(f"ms: median latency ± half its interquartile range over {runs} passes, "
-                      f"{setup.cfg.device.latency_backend}, batch 1, {s.img_size[0]}x{s.img_size[1]}; speed-up "
-                      f"'noisy' where the passes spread past {max_spread:.0%} of the median "
-                      f"(final.max_latency_spread)")
+        console.print(f"ms: median latency of {runs} passes, {setup.cfg.device.latency_backend}, batch 1, "
+                      f"{s.img_size[0]}x{s.img_size[1]}; IQR: the interquartile range of those passes, as a "
+                      f"fraction of the median; speed-up 'noisy' past {max_spread:.0%} (final.max_latency_spread)")
 
 
 def _speedup_text(row: dict[str, Any], timed: bool) -> str:
