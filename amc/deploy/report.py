@@ -10,8 +10,10 @@ speed-ups come from one measurement rather than from runs minutes apart on a dri
 An entry is a :class:`ReportModel`: a PyTorch model (amc's :class:`~amc.models.yolo.YOLOv7`) or an ONNX graph
 written by ``amc-export``. Graphs carry their architecture in their metadata (``amc.architecture``), so their
 parameters and GFLOPs are counted exactly like a PyTorch model's; an INT8 graph has the parameters and FLOPs of
-the float model it quantizes (its weights are 8-bit, not fewer). A backend that cannot run an entry (PyTorch for
-an ONNX graph) is left empty in the table, never estimated.
+the float model it quantizes (its weights are 8-bit, not fewer), and its row in ``report.json`` says where its
+scales came from (``int8``: ``qat`` for a quantization-aware model's learned scales, else the calibration
+method). A backend that cannot run an entry (PyTorch for an ONNX graph) is left empty in the table, never
+estimated.
 """
 
 from __future__ import annotations
@@ -70,11 +72,12 @@ class ReportRow:
     params: int | None
     gflops: float | None
     latency_ms: dict[str, float | None] = field(default_factory=dict)
+    int8: str | None = None  # an INT8 graph's scales: "qat" (learned) or its calibration method; None: float
 
     def to_dict(self, reference: "ReportRow | None" = None) -> dict[str, Any]:
         out: dict[str, Any] = {"label": self.label, "source": self.source, "kind": self.kind,
                                "map50_95": self.map50_95, "map50": self.map50, "params": self.params,
-                               "gflops": self.gflops, "latency_ms": dict(self.latency_ms)}
+                               "gflops": self.gflops, "latency_ms": dict(self.latency_ms), "int8": self.int8}
         if reference is not None:
             out["vs_" + reference.label] = {
                 "map50_95_delta": self.map50_95 - reference.map50_95,
@@ -123,6 +126,13 @@ def load_report_model(label: str, path: str | Path) -> ReportModel:
         return ReportModel(label, str(resolved), onnx=resolved.read_bytes())
     model, _ = load_model(str(resolved))
     return ReportModel(label, str(resolved), model=model.eval())
+
+
+def onnx_int8(graph: bytes) -> str | None:
+    """Where an INT8 graph written by amc-export took its scales: ``qat`` (a quantization-aware model's learned
+    ones) or the calibration method; None for a float graph."""
+    meta = {p.key: p.value for p in onnx.load_from_string(graph).metadata_props}
+    return meta.get("amc.int8") or None
 
 
 def onnx_cost(graph: bytes, img_size: int) -> tuple[int | None, float | None]:
@@ -199,7 +209,8 @@ def deployment_report(entries: Sequence[ReportModel], evaluator: Any, img_size: 
         else:
             result = evaluator(OnnxDetector(e.onnx, onnx_threads))
             params, gflops = onnx_cost(e.onnx, img_size)
-        rows.append(ReportRow(e.label, e.source, e.kind, result.map50_95, result.map50, params, gflops))
+        rows.append(ReportRow(e.label, e.source, e.kind, result.map50_95, result.map50, params, gflops,
+                              int8=onnx_int8(e.onnx) if e.onnx is not None else None))
     # the latency timers copy a model to the backend's device when it is elsewhere
     latencies = measure_latencies(entries, img_size, latency, cuda_device=device if device.type == "cuda" else None)
     for row in rows:
