@@ -15,6 +15,10 @@ filesystem exclude each other too.
 A process holds each lock until it exits (:data:`_held` keeps the descriptors open); taking a lock it already
 holds is a no-op, so the CLI can lock the folder before Hydra starts and again, from inside the job, after.
 Worker processes forked by a holder inherit the descriptor and keep the folder locked while they live.
+
+A distributed fine-tune (``torchrun --nproc_per_node=N -m amc.cli.finetune``, or the tasks of one submitit job)
+is one run in N processes: rank 0 takes the lock and writes the folder, the other ranks (:func:`launch_rank`)
+neither take nor probe it.
 """
 
 from __future__ import annotations
@@ -68,6 +72,27 @@ class RunDirLocked(AmcError):
                          f"or choose another hydra.run.dir")
 
 
+#: The variable holding a task's global rank in a submitit job, per executor (``SUBMITIT_EXECUTOR``).
+_SUBMITIT_RANK = {"slurm": "SLURM_PROCID", "local": "SUBMITIT_LOCAL_GLOBALID"}
+
+
+def launch_rank() -> int:
+    """This process's rank in a multi-process launch, 0 otherwise: torchrun's ``RANK`` (with ``WORLD_SIZE``),
+    else the task's global rank in a submitit job (Hydra's submitit launcher with several tasks per job).
+
+    Read from the environment only (no torch): the commands lock their folder before anything heavy is imported.
+    """
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        value = env["RANK"]
+    else:
+        value = env.get(_SUBMITIT_RANK.get(env.get("SUBMITIT_EXECUTOR", ""), ""), "0")
+    try:
+        return int(value)
+    except ValueError:
+        return 0
+
+
 def _key(run_dir: str | os.PathLike[str]) -> Path:
     return Path(run_dir).resolve()
 
@@ -89,9 +114,10 @@ def holds(run_dir: str | os.PathLike[str]) -> bool:
 def locked_by_other(run_dir: str | os.PathLike[str]) -> Holder | None:
     """Who holds ``run_dir``'s lock when another process does, else None; creates and changes nothing.
 
-    A folder without ``.lock`` is free: every holder creates the file before locking it.
+    A folder without ``.lock`` is free: every holder creates the file before locking it. A process of rank > 0
+    in a distributed launch sees every folder free: its rank 0 holds the run's lock.
     """
-    if fcntl is None or holds(run_dir):
+    if fcntl is None or holds(run_dir) or launch_rank() != 0:
         return None
     path = Path(run_dir) / LOCK_FILE
     try:
@@ -111,11 +137,11 @@ def lock_run_dir(run_dir: str | os.PathLike[str], command: str) -> Path:
     """Lock ``run_dir`` (created if missing) for the rest of this process's life; returns the ``.lock`` path.
 
     Raises :class:`RunDirLocked` when another process holds it. Taking a lock this process already holds
-    does nothing.
+    does nothing, and so does a process of rank > 0 in a distributed launch (its rank 0 locks the run).
     """
     folder = Path(run_dir)
     path = folder / LOCK_FILE
-    if fcntl is None or holds(folder):
+    if fcntl is None or holds(folder) or launch_rank() != 0:
         return path
     folder.mkdir(parents=True, exist_ok=True)
     # O_RDWR without O_TRUNC: the holder's record is only rewritten once this process owns the lock

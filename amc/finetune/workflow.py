@@ -7,6 +7,10 @@ to ``budget.flops`` first. The run directory holds ``finetune_config.yaml`` (wha
 ``resume=`` reads it back), ``start/`` (the pruned model before fine-tuning), ``best/`` (the best EMA weights by
 validation fitness, amc format), ``last/`` and ``trainer_state.pt`` (for ``resume=``), ``tensorboard/`` and
 ``metrics.json``.
+
+Under ``torchrun --nproc_per_node=N`` every process runs this workflow: each builds the same models and data,
+trains its share of every global batch (:mod:`amc.finetune.launch`, :mod:`amc.train.distributed`), and rank 0
+alone writes the run directory, evaluates and prints.
 """
 
 from __future__ import annotations
@@ -27,11 +31,11 @@ from amc.config import config_number, plain
 from amc.console import console, print_table
 from amc.data.datasets import cache_dir
 from amc.data.loaders import EvalSet, TrainSet, sample_batches
-from amc.device import select_device
 from amc.errors import CheckpointError, ConfigError
 from amc.eval.evaluator import DetectionEvaluator, check_classes
 from amc.factory import (load_data_from_config, load_model_from_config, make_criterion, model_source,
                          rounding_from_config)
+from amc.finetune.launch import Processes, check_processes, describe, join, shared_run_dir
 from amc.finetune.resume import CONFIG_FILE, FINETUNE_RESUME, RUN_MARKER, START_DIR
 from amc.models import load_model
 from amc.models.io import ARCH_FILE, resolve_path, save_model
@@ -43,6 +47,7 @@ from amc.resume import apply_changes, resume_changes
 from amc.search.resume import CONFIG_FILE as SEARCH_CONFIG, RUN_MARKER as SEARCH_MARKER
 from amc.search.rundir import BEST_POLICY_FILE, check_writable
 from amc.train.distill import DistillationLoss, check_teacher, collect_features, feature_layers
+from amc.train.distributed import SINGLE, errors_from_rank_zero, launch, stop
 from amc.train.loss import YOLOv7Loss, scale_hyp
 from amc.train.trainer import Trainer, TrainConfig, fitness
 
@@ -311,27 +316,35 @@ def run_finetune(cfg: DictConfig, out: Path, overrides: Sequence[str] = ()) -> d
     """The workflow on a composed ``conf/finetune.yaml`` writing into ``out`` (with ``resume``: the run in ``out``).
 
     ``overrides`` are the command line's (Hydra's task overrides): what a resume may change, and whether the
-    command line chose the data of a ``run=`` fine-tune itself."""
+    command line chose the data of a ``run=`` fine-tune itself. Started by torchrun, every process calls it; a
+    user error is reported once, by rank 0."""
     out = Path(out)
     resuming = bool(cfg.get("resume"))
     started = time.perf_counter()
-    record = None
-    if resuming:
-        record = load_resume(out)
-        # the run continues with the config it started with (other differences were refused before Hydra started)
-        cfg = apply_changes(OmegaConf.create(record["config"]), resume_changes(FINETUNE_RESUME, cfg, overrides))
-    s = Settings.from_config(cfg)
-    if cfg.get("run") and cfg.get("policy"):
-        raise ConfigError("give run=<amc-search run directory> or policy=FILE, not both")
-    _check_run_dir(out, resuming)
-    return finetune(cfg, s, out, record, started, overrides)
+    where = launch()
+    with errors_from_rank_zero(where):
+        record = None
+        if resuming:
+            record = load_resume(out)
+            # the run continues with the config it started with (other differences were refused before Hydra started)
+            cfg = apply_changes(OmegaConf.create(record["config"]), resume_changes(FINETUNE_RESUME, cfg, overrides))
+        s = Settings.from_config(cfg)
+        if cfg.get("run") and cfg.get("policy"):
+            raise ConfigError("give run=<amc-search run directory> or policy=FILE, not both")
+        processes = join(check_processes(cfg, s.batch_size, where))
+        try:
+            out = shared_run_dir(out, processes.where, lambda folder: _check_run_dir(folder, resuming))
+            return finetune(cfg, s, out, record, started, overrides, processes)
+        finally:
+            stop()
 
 
 def finetune(cfg: DictConfig, s: Settings, out: Path, record: dict[str, Any] | None, started: float,
-             overrides: Sequence[str] = ()) -> dict:
+             overrides: Sequence[str] = (), processes: Processes | None = None) -> dict:
     if s.threads:
         torch.set_num_threads(s.threads)
-    device = select_device(str(cfg.device.name))
+    processes = processes or check_processes(cfg, s.batch_size, SINGLE)
+    device, main = processes.device, processes.where.main
     img_size = config_number(cfg, "img_size", int, 32, optional=True)
     data_cfg = cfg.data
     search = search_run_config(Path(str(cfg.run))) if cfg.get("run") and record is None else None
@@ -371,7 +384,7 @@ def finetune(cfg: DictConfig, s: Settings, out: Path, record: dict[str, Any] | N
     if len(train) == 0 or len(val) == 0:
         raise ConfigError(f"no images to {'train' if len(train) == 0 else 'evaluate'} on ({train.source})")
 
-    if record is None:
+    if record is None and main:
         save_model(student, out / START_DIR, extra={"pruned_from": models.teacher_source, "source": models.how})
         atomic_write_text(out / CONFIG_FILE, yaml.safe_dump({
             RUN_MARKER: 1, "config": plain(cfg), "student": models.student_source, "how": models.how,
@@ -380,26 +393,28 @@ def finetune(cfg: DictConfig, s: Settings, out: Path, record: dict[str, Any] | N
                   + f"; {len(train)} train / {len(val)} val images at {img_size} px on {device}")
 
     hyp = plain(cfg.hyp)
-    eval_set = EvalSet(val, img_size, 32, max(32, stride), pad=0.5, progress=bool(cfg.progress),
-                       cache_path=cache_dir() / "evalsets" if cfg.get("cache", True) else None)
-    evaluator = DetectionEvaluator(val, eval_set, device=device, map_backend="fast")
     student.to(device)
-
-    def evaluate(model) -> dict[str, float]:  # noqa: ANN001
-        return evaluator(model).to_dict()
-
-    def row(model) -> dict[str, Any]:  # noqa: ANN001
-        cost = model.cost(img_size)
-        return {**{k: v for k, v in evaluate(model).items() if k in ("map50_95", "map50")},
-                "params": cost.params, "gflops": cost.gflops}
-
-    before = row(student)
-    teacher_row = None
     if teacher is not None:
         teacher = teacher.to(device).eval()
-        teacher_row = row(teacher)
+    evaluate, before, teacher_row = None, None, None
+    if main:  # rank 0 scores the models for the run
+        eval_set = EvalSet(val, img_size, 32, max(32, stride), pad=0.5, progress=bool(cfg.progress),
+                           cache_path=cache_dir() / "evalsets" if cfg.get("cache", True) else None)
+        evaluator = DetectionEvaluator(val, eval_set, device=device, map_backend="fast")
 
-    train_set = TrainSet(train, img_size=img_size, augment=True, hyp=hyp, seed=s.seed, progress=bool(cfg.progress))
+        def evaluate(model) -> dict[str, float]:  # noqa: ANN001
+            return evaluator(model).to_dict()
+
+        def row(model) -> dict[str, Any]:  # noqa: ANN001
+            cost = model.cost(img_size)
+            return {**{k: v for k, v in evaluate(model).items() if k in ("map50_95", "map50")},
+                    "params": cost.params, "gflops": cost.gflops}
+
+        before = row(student)
+        teacher_row = row(teacher) if teacher is not None else None
+
+    train_set = TrainSet(train, img_size=img_size, augment=True, hyp=hyp, seed=s.seed,
+                         progress=bool(cfg.progress) and main)
     base_loss = YOLOv7Loss(student, scale_hyp(hyp, student.head.nl, student.nc, img_size),
                            ota=bool(int(hyp.get("loss_ota", 1))))
     criterion: Any = base_loss
@@ -423,9 +438,10 @@ def finetune(cfg: DictConfig, s: Settings, out: Path, record: dict[str, Any] | N
                          warmup_min_iters=s.warmup_min_iters, ema_decay=s.ema_decay, ema_tau=s.ema_tau,
                          amp=bool(cfg.amp), workers=s.workers, seed=s.seed, eval_interval=s.eval_every,
                          save_dir=out, resume=record is not None, tensorboard=bool(cfg.tensorboard),
-                         progress=bool(cfg.progress),
+                         progress=bool(cfg.progress), sync_bn=processes.settings.sync_bn,
                          export_extra={"pruned_from": models.teacher_source, "finetuned_from": models.how})
-    trainer = Trainer(student, train_set, hyp, criterion, config, device, evaluate=evaluate, extra=adapters)
+    trainer = Trainer(student, train_set, hyp, criterion, config, device, evaluate=evaluate, extra=adapters,
+                      dist=processes.where)
     if trainer.start_epoch >= s.epochs:
         console.print(f"{out} has finished its {s.epochs} epochs: nothing left to train, reporting it")
     elif trainer.start_epoch:
@@ -435,6 +451,8 @@ def finetune(cfg: DictConfig, s: Settings, out: Path, record: dict[str, Any] | N
     finally:
         if isinstance(criterion, DistillationLoss):
             criterion.close()
+    if not main:
+        return {"rank": processes.where.rank, **describe(processes)}
 
     scored = [h for h in result.history if "map50_95" in h]
     best = max(scored, key=fitness) if scored else {}
@@ -451,7 +469,7 @@ def finetune(cfg: DictConfig, s: Settings, out: Path, record: dict[str, Any] | N
                "feature_layers": getattr(criterion, "layers", None) or None, "adapter_init": s.adapter_init,
                "adapter_fit_relative_error": fit_left},
         "history": result.history, "img_size": img_size, "train_images": len(train), "val_images": len(val),
-        "data": val.source, "device": str(device), "seconds": time.perf_counter() - started,
+        "data": val.source, "device": str(device), **describe(processes), "seconds": time.perf_counter() - started,
         "best_dir": str(result.best_dir) if result.best_dir else None, "last_dir": str(result.last_dir),
     }
     atomic_write_json(out / "metrics.json", metrics)

@@ -5,6 +5,10 @@ distillation: the loss is a pluggable ``criterion(preds, targets, images) -> (lo
 name its items with a ``loss_names`` attribute; default box, obj, cls, total), evaluation a pluggable
 ``evaluate(model) -> metrics`` callable, and ``extra`` modules the loss owns (e.g. distillation adapters) are
 trained with the model and kept in the resume state, but not exported.
+
+With ``dist=`` (:mod:`amc.train.distributed`) the loop runs in several processes with
+``DistributedDataParallel``: each process trains on its share of every global batch (``config.batch_size`` is
+the global batch), and rank 0 alone updates the EMA, evaluates, saves and logs.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,13 +25,15 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from amc.atomic import atomic_file
 from amc.console import ProgressLog, is_terminal, progress_settings
 from amc.errors import CheckpointError
 from amc.models.io import save_model
 from amc.models.yolo import YOLOv7
+from amc.train.distributed import (SINGLE, Distributed, ShardedBatchSampler, data_parallel, mean_over_ranks,
+                                   per_rank_batch, sync_batch_norm)
 from amc.train.ema import ModelEMA
 
 Criterion = Callable[[list[torch.Tensor], torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -41,7 +48,8 @@ class TrainConfig:
 
     Attributes:
         epochs: number of epochs.
-        batch_size: images per step.
+        batch_size: images per step; with several processes the global batch, each process taking
+            ``batch_size / world_size`` of it.
         nominal_batch_size: gradients are accumulated up to this many images per optimizer step (official 64).
         warmup_min_iters: warm-up lasts ``max(warmup_epochs x steps per epoch, this)`` iterations.
         ema_decay, ema_tau: EMA decay and its ramp-up length in updates.
@@ -56,6 +64,8 @@ class TrainConfig:
             ``amc.console.progress_settings.heartbeat_s`` seconds within an epoch) when the output is a file or
             pipe. The lines go to the job log (``amc.console.log``) either way.
         export_extra: more metadata written into the exported ``last/`` and ``best/`` models.
+        sync_bn: with several processes, BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only)
+            instead of each process's share.
     """
 
     epochs: int = 100
@@ -73,6 +83,7 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
     export_extra: dict[str, Any] = field(default_factory=dict)
+    sync_bn: bool = False
 
 
 @dataclass
@@ -144,18 +155,21 @@ class Trainer:
         evaluate: optional ``evaluate(model) -> {'map50_95': ..., 'map50': ...}`` run on the EMA model.
         extra: optional trainable modules the criterion uses besides the model (distillation adapters): moved
             to ``device``, optimized in the same parameter groups, saved in and restored from the resume state.
+        dist: this process's place in a data-parallel run (joined with :func:`amc.train.distributed.start`);
+            every process builds its Trainer alike. Default: one process.
     """
 
     def __init__(self, model: YOLOv7, train_set: Any, hyp: dict[str, Any], criterion: Criterion,
                  config: TrainConfig, device: torch.device, evaluate: Evaluate | None = None,
-                 extra: nn.Module | None = None) -> None:
+                 extra: nn.Module | None = None, dist: Distributed = SINGLE) -> None:
         self.model, self.hyp, self.criterion = model.to(device), dict(hyp), criterion
-        self.config, self.device, self.evaluate = config, device, evaluate
+        self.config, self.device, self.evaluate, self.dist = config, device, evaluate, dist
         self.extra = extra.to(device) if extra is not None else None
         self.loss_names = tuple(getattr(criterion, "loss_names", LOSS_NAMES))
         self.train_set = train_set
         self.save_dir = Path(config.save_dir)
-        bs = config.batch_size
+        bs = config.batch_size  # the global batch: accumulation and weight decay as for one process
+        per_rank_batch(bs, dist.world_size)  # refuses a batch the processes cannot share evenly
         self.accumulate = max(round(config.nominal_batch_size / bs), 1)
         weight_decay = float(hyp["weight_decay"]) * bs * self.accumulate / config.nominal_batch_size
         no_decay, decay, biases = parameter_groups(model)
@@ -176,20 +190,33 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         if config.resume and (self.save_dir / STATE_FILE).is_file():
             self._load_state(self.save_dir / STATE_FILE)
+        self.net: nn.Module = self.model  # what the forward pass runs: the model, or its data-parallel replica
+        if dist.enabled:
+            if config.sync_bn:  # after the optimizer and the EMA: their BatchNorm grouping and plain copy stay
+                sync_batch_norm(self.model, device)
+            self.net = data_parallel(self.model, self.extra, device)
 
     # -- the loop ---------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         """Train from ``start_epoch`` to ``config.epochs``; returns the metrics and where the models are."""
         cfg = self.config
-        loader = DataLoader(self.train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
-                            collate_fn=self.train_set.collate, drop_last=False,
-                            persistent_workers=False, pin_memory=self.device.type == "cuda")
+        if self.dist.enabled:  # each process: its share of the one-process batches (same shuffle on every rank)
+            shards = ShardedBatchSampler(RandomSampler(self.train_set), cfg.batch_size, self.dist.world_size,
+                                         self.dist.rank)
+            loader = DataLoader(self.train_set, batch_sampler=shards, num_workers=cfg.workers,
+                                collate_fn=self.train_set.collate, persistent_workers=False,
+                                pin_memory=self.device.type == "cuda")
+        else:
+            loader = DataLoader(self.train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
+                                collate_fn=self.train_set.collate, drop_last=False,
+                                persistent_workers=False, pin_memory=self.device.type == "cuda")
         nb = len(loader)
         warmup_iters = max(round(float(self.hyp.get("warmup_epochs", 3.0)) * nb), cfg.warmup_min_iters)
         writer = self._tensorboard()
         last_metrics: dict[str, float] = {}
         # Plain per-epoch lines for logs (nohup, Slurm .out, the job log); a terminal gets the rich bar instead.
-        epoch_log = ProgressLog("epoch", cfg.epochs, start=self.start_epoch, echo=cfg.progress and not is_terminal())
+        epoch_log = ProgressLog("epoch", cfg.epochs, start=self.start_epoch,
+                                echo=cfg.progress and self.dist.main and not is_terminal())
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 seed_everything(cfg.seed + epoch)  # per-epoch seeds: resuming replays the same epochs
@@ -199,6 +226,9 @@ class Trainer:
                 self.scheduler.step()
                 record: dict[str, Any] = {"epoch": epoch + 1, **dict(zip(self.loss_names, mean_items))}
                 final = epoch + 1 == cfg.epochs
+                if not self.dist.main:  # rank 0 evaluates, saves and logs for the run
+                    self.history.append(record)
+                    continue
                 if self.evaluate is not None and ((epoch + 1) % max(cfg.eval_interval, 1) == 0 or final):
                     last_metrics = self.evaluate(self.ema.ema)
                     record.update(last_metrics)
@@ -233,10 +263,11 @@ class Trainer:
                    TextColumn("{task.fields[losses]}"), TimeRemainingColumn()]
         # Within a long epoch a log still hears from the loop every heartbeat_s seconds (0: only per epoch).
         heartbeat = progress_settings.heartbeat_s
+        progress = self.config.progress and self.dist.main
         batch_log = ProgressLog(f"epoch {epoch + 1}/{self.config.epochs} batch", nb, interval_s=heartbeat,
-                                echo=self.config.progress and not is_terminal())
+                                echo=progress and not is_terminal())
         batch_log.last_line = batch_log.started  # the first heartbeat comes after heartbeat_s, not at batch 1
-        bar_on = self.config.progress and is_terminal()
+        bar_on = progress and is_terminal()
         with Progress(*columns, disable=not bar_on, transient=False) as bar:
             task = bar.add_task("train", total=nb, epoch=f"{epoch + 1}/{self.config.epochs}", losses="")
             for i, (images, targets) in enumerate(loader):
@@ -245,20 +276,25 @@ class Trainer:
                     self._warmup(ni, warmup_iters, epoch)
                 images = images.to(self.device, non_blocking=True).float()
                 targets = targets.to(self.device)
-                with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
-                    preds = self.model(images)
-                    loss, items = self.criterion(preds, targets, images)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, batch {i}: "
-                                             "lower hyp.lr0 or check the labels")
-                self.scaler.scale(loss).backward()
-                if (ni + 1) % self.accumulate == 0 or i + 1 == nb:
+                step = (ni + 1) % self.accumulate == 0 or i + 1 == nb
+                # several processes: gradients are averaged over them at the backward pass of a step only
+                with self.net.no_sync() if self.dist.enabled and not step else nullcontext():
+                    with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
+                        preds = self.net(images)
+                        loss, items = self.criterion(preds, targets, images)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}, batch {i}: "
+                                                 "lower hyp.lr0 or check the labels")
+                    # x world_size: the averaged gradient is then that of the global batch's loss (YOLOv7's rule)
+                    self.scaler.scale(loss * self.dist.world_size).backward()
+                if step:
                     self.scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(self.trained_parameters, max_norm=10.0)
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
                     self.optimizer.zero_grad()
-                    self.ema.update(self.model)
+                    if self.dist.main:
+                        self.ema.update(self.model)
                 items = items.detach().float().cpu()
                 sums += items
                 mean = sums / (i + 1)
@@ -270,7 +306,7 @@ class Trainer:
                     for n, v in zip(names, items.tolist()):
                         writer.add_scalar(f"train/{n}", v, ni)
                     writer.add_scalar("train/lr", self.optimizer.param_groups[1]["lr"], ni)
-        return (sums / max(nb, 1)).tolist()
+        return (mean_over_ranks(sums, self.dist, self.device) / max(nb, 1)).tolist()
 
     def _warmup(self, ni: int, warmup_iters: int, epoch: int) -> None:
         """Linear warm-up of every group's lr (biases from a high lr down) and of the momentum."""
@@ -283,7 +319,7 @@ class Trainer:
 
     # -- persistence ------------------------------------------------------------------------------------
     def _tensorboard(self) -> Any:
-        if not self.config.tensorboard:
+        if not self.config.tensorboard or not self.dist.main:
             return None
         from torch.utils.tensorboard import SummaryWriter
 
