@@ -100,9 +100,9 @@ def finish_checkpoint(folder: Path) -> YOLOv7:
 
 
 def quantization_aware_training(q: QatSettings, start: Path, out: Path, train: DetectionDataset, train_set: Any,
-                                hyp: dict[str, Any], evaluate: Callable[[torch.nn.Module], dict[str, float]],
-                                device: torch.device, img_size: int, config: TrainConfig,
-                                resume: bool) -> dict[str, Any]:
+                                hyp: dict[str, Any], evaluate: Callable[[torch.nn.Module], dict[str, float]] | None,
+                                device: torch.device, img_size: int, config: TrainConfig, resume: bool,
+                                main: bool = True, **trainer_options: Any) -> dict[str, Any]:
     """QAT of the model in ``start`` (the fine-tune's ``best/``) into ``out/qat`` (module docstring).
 
     Args:
@@ -111,26 +111,32 @@ def quantization_aware_training(q: QatSettings, start: Path, out: Path, train: D
         out: the fine-tune's run directory.
         train, train_set: the training images (calibration) and the fine-tune's augmented training set.
         hyp: the fine-tune's hyper-parameters (``lr0`` and ``warmup_epochs`` are replaced by QAT's).
-        evaluate: ``evaluate(model) -> {'map50_95': ..., 'map50': ...}`` on the validation images.
+        evaluate: ``evaluate(model) -> {'map50_95': ..., 'map50': ...}`` on the validation images (None on the
+            processes of a distributed run that do not evaluate).
         device, img_size: as the fine-tune.
         config: the fine-tune's loop settings (epochs, directory, resume and AMP are QAT's own).
         resume: continue ``out/qat`` from its ``trainer_state.pt`` when there is one.
+        main: this process reports and writes (rank 0 of a distributed run); the others only train.
+        trainer_options: more arguments of :class:`amc.train.Trainer`, as the fine-tune gives them (its processes).
 
     Returns:
-        What ``out/qat/metrics.json`` holds: the scheme, the fake-quantized mAP after calibration (what post-training
-        quantization gives, simulated in PyTorch) and after QAT, the QAT weights' float mAP, the history.
+        What ``out/qat/metrics.json`` holds (``{}`` on the other processes): the scheme, the fake-quantized mAP
+        after calibration (what post-training quantization gives, simulated in PyTorch) and after QAT, the QAT
+        weights' float mAP, the history.
     """
     save_dir = out / QAT_DIR
     base, _ = load_model(start)
     model = prepare_qat(base.to(device), q.scheme)
     images = sample_batches(train, 1, q.calibration_images, img_size, seed=config.seed)[0][0]
     seen = calibrate(model, images.split(config.batch_size))
-    calibrated = evaluate(model.eval())
-    console.print(f"quantization-aware training of {start}: fake INT8 "
-                  f"({'per-channel' if q.scheme.per_channel else 'per-tensor'} weights, {q.scheme.activation_type} "
-                  f"activations, head {'in float' if q.scheme.keep_head else 'quantized'}), ranges started on "
-                  f"{len(images)} training images ({seen} batches) at {img_size} px: mAP@0.5:0.95 "
-                  f"{calibrated.get('map50_95', float('nan')):.4f} before training")
+    calibrated = evaluate(model.eval()) if evaluate is not None and main else {}
+    if main:
+        console.print(f"quantization-aware training of {start}: fake INT8 "
+                      f"({'per-channel' if q.scheme.per_channel else 'per-tensor'} weights, "
+                      f"{q.scheme.activation_type} activations, head "
+                      f"{'in float' if q.scheme.keep_head else 'quantized'}), ranges started on {len(images)} "
+                      f"training images ({seen} batches) at {img_size} px: mAP@0.5:0.95 "
+                      f"{calibrated.get('map50_95', float('nan')):.4f} before training")
     qat_hyp = {**hyp, "lr0": q.lr0, "warmup_epochs": q.warmup_epochs}
     loss = YOLOv7Loss(model, scale_hyp(qat_hyp, model.head.nl, model.nc, img_size),
                       ota=bool(int(qat_hyp.get("loss_ota", 1))))
@@ -138,16 +144,17 @@ def quantization_aware_training(q: QatSettings, start: Path, out: Path, train: D
     qat_config = dataclasses.replace(
         config, epochs=q.epochs, save_dir=save_dir, resume=resume, amp=False,  # fake quantization is float32
         export_extra={**config.export_extra, "qat_from": str(start), "quantization": scheme})
-    trainer = Trainer(model, train_set, qat_hyp, loss, qat_config, device, evaluate=evaluate)
-    if trainer.start_epoch >= q.epochs:
+    trainer = Trainer(model, train_set, qat_hyp, loss, qat_config, device, evaluate=evaluate, **trainer_options)
+    if main and trainer.start_epoch >= q.epochs:
         console.print(f"{save_dir} has finished its {q.epochs} QAT epochs: reporting it")
-    elif trainer.start_epoch:
+    elif main and trainer.start_epoch:
         console.print(f"resuming quantization-aware training at epoch {trainer.start_epoch + 1} of {q.epochs}")
     result = trainer.fit()
+    if not main:
+        return {}
     finished = {folder: finish_checkpoint(folder) for folder in (result.last_dir, result.best_dir) if folder}
     best_dir = result.best_dir or result.last_dir
-    best = finished[best_dir]
-    as_float = evaluate(float_model(best).to(device).eval())
+    as_float = evaluate(float_model(finished[best_dir]).to(device).eval()) if evaluate is not None else {}
     after = {k: result.best_metrics.get(k) for k in ("map50_95", "map50")}
     metrics = {
         "start": str(start), "scheme": q.scheme.to_dict(), "epochs": q.epochs, "lr0": q.lr0,
@@ -164,7 +171,8 @@ def quantization_aware_training(q: QatSettings, start: Path, out: Path, train: D
 
     print_table(f"quantization-aware training ({q.epochs} epoch{'s' if q.epochs != 1 else ''}, lr0 {q.lr0:g}): "
                 f"PyTorch fake INT8", ["model", "mAP@0.5:0.95", "mAP@0.5"],
-                [["fake INT8, calibrated (as post-training)", m(calibrated.get("map50_95")), m(calibrated.get("map50"))],
+                [["fake INT8, calibrated (as post-training)", m(calibrated.get("map50_95")),
+                  m(calibrated.get("map50"))],
                  ["fake INT8 after QAT", m(after["map50_95"]), m(after["map50"])],
                  ["QAT weights in float", m(as_float.get("map50_95")), m(as_float.get("map50"))]])
     console.print(f"QAT model in {best_dir}: amc-export model.path={best_dir} int8=true writes its INT8 graph")

@@ -36,6 +36,7 @@ from amc.eval.evaluator import DetectionEvaluator, check_classes
 from amc.factory import (load_data_from_config, load_model_from_config, make_criterion, model_source,
                          rounding_from_config)
 from amc.finetune.launch import Processes, check_processes, describe, join, shared_run_dir
+from amc.finetune.qat import QatSettings, quantization_aware_training
 from amc.finetune.resume import CONFIG_FILE, FINETUNE_RESUME, RUN_MARKER, START_DIR
 from amc.models import load_model
 from amc.models.io import ARCH_FILE, resolve_path, save_model
@@ -345,6 +346,7 @@ def finetune(cfg: DictConfig, s: Settings, out: Path, record: dict[str, Any] | N
         torch.set_num_threads(s.threads)
     processes = processes or check_processes(cfg, s.batch_size, SINGLE)
     device, main = processes.device, processes.where.main
+    qat = QatSettings.from_config(cfg)
     img_size = config_number(cfg, "img_size", int, 32, optional=True)
     data_cfg = cfg.data
     search = search_run_config(Path(str(cfg.run))) if cfg.get("run") and record is None else None
@@ -451,6 +453,9 @@ def finetune(cfg: DictConfig, s: Settings, out: Path, record: dict[str, Any] | N
     finally:
         if isinstance(criterion, DistillationLoss):
             criterion.close()
+    qat_metrics = quantization_aware_training(  # qat=true: QAT of the best model into out/qat (amc/finetune/qat.py)
+        qat, result.best_dir or result.last_dir, out, train, train_set, hyp, evaluate, device, img_size, config,
+        record is not None, main, dist=processes.where) if qat.enabled else None
     if not main:
         return {"rank": processes.where.rank, **describe(processes)}
 
@@ -471,6 +476,7 @@ def finetune(cfg: DictConfig, s: Settings, out: Path, record: dict[str, Any] | N
         "history": result.history, "img_size": img_size, "train_images": len(train), "val_images": len(val),
         "data": val.source, "device": str(device), **describe(processes), "seconds": time.perf_counter() - started,
         "best_dir": str(result.best_dir) if result.best_dir else None, "last_dir": str(result.last_dir),
+        "qat": qat_metrics,
     }
     atomic_write_json(out / "metrics.json", metrics)
 
