@@ -31,6 +31,14 @@ from amc.errors import ConfigError
 
 _ABSENT = object()
 
+#: Settings every command has (conf/base.yaml) that change only what is shown while it runs, never a result: any
+#: resume may change them (a run started in a terminal may be continued in a Slurm job, and the reverse).
+DISPLAY_ONLY: dict[str, str] = {
+    "progress": "display only",
+    "progress_interval_s": "how often progress lines are printed; display only",
+    "progress_heartbeat_s": "how often a long step prints that it is alive; display only",
+}
+
 
 @dataclass(frozen=True)
 class ResumeRule:

@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from amc.bench import compare
-from amc.bench.compare import CompareBench, compare_bench, episodes_to_95, mean_std, wins
+from amc.bench.compare import CompareBench, _changed_settings, compare_bench, episodes_to_95, mean_std, wins
 from amc.errors import ConfigError
 
 METHODS = ["ddpg", "random", "uniform", "global_magnitude"]
@@ -141,7 +141,7 @@ def test_partial_run_resumes_without_redoing_finished_cells(finished, tmp_path, 
         for metric in ("map_proxy", "map_full", "flops_ratio"):
             assert after["budgets"]["0.7"][method][metric] == pytest.approx(before["budgets"]["0.7"][method][metric])
     # other settings than the finished cells': refused, in one line, instead of mixing results
-    with pytest.raises(ConfigError, match="other settings"):
+    with pytest.raises(ConfigError, match=r"other settings than this run's \(full.val_images: 8 there, 6 here\)"):
         compare_bench(tiny_cfg(f"bench.resume={out}", "bench.full.val_images=6"), tmp_path / "unused")
 
 
@@ -440,3 +440,22 @@ def test_where_a_flops_cell_runs_is_not_part_of_its_fingerprint(tmp_path):
     key = ("0.7", "ddpg", 0)
     assert cpu._cell_fingerprint(cpu.cfgs[key]) == gpu._cell_fingerprint(gpu.cfgs[key])
     assert cpu._cell_fingerprint(cpu.cfgs[key]) != cpu._cell_fingerprint(cpu.cfgs[("0.7", "random", 0)])
+
+
+def test_what_a_search_shows_saves_or_reports_is_not_part_of_a_cell_fingerprint(tmp_path):
+    """A bench continued with other progress, checkpoint or end-of-search report settings (the ones a search resume
+    may change too, amc.search.resume.RESULT_NEUTRAL) reads its cells back; a setting a result depends on is
+    named when it differs."""
+    base = CompareBench(tiny_cfg(), tmp_path / "a")
+    shown = tiny_cfg()
+    OmegaConf.update(shown, "bench.search.overrides", [
+        "evaluator=stub", "progress_interval_s=30", "progress_heartbeat_s=5", "checkpoint_every=3",
+        "final.latency_runs=2", "final.max_latency_spread=0.5", "final.export_model=false"])
+    other = CompareBench(shown, tmp_path / "b")
+    key = ("0.7", "ddpg", 0)
+    assert base._cell_fingerprint(base.cfgs[key]) == other._cell_fingerprint(other.cfgs[key])
+    changed = tiny_cfg()
+    OmegaConf.update(changed, "bench.search.overrides", ["evaluator=stub", "ratio_bounds=[0.0,0.7]"])
+    moved = CompareBench(changed, tmp_path / "c")
+    assert _changed_settings(base._result_settings(base.cfgs[key]), moved._result_settings(moved.cfgs[key])) == (
+        " (search.ratio_bounds: [0.0, 0.8] there, [0.0, 0.7] here)")

@@ -55,6 +55,7 @@ from amc.pruning.selection import ChannelSelection, top_channels
 from amc.pruning.space import PruningSpace
 from amc.reward.latency_table import LatencyTable
 from amc.reward.proxy import proxy_settings, recalibrate_batch_norm
+from amc.search.resume import RESULT_NEUTRAL
 from amc.search.rundir import CONFIG_FILE, load_resume_config
 from amc.search.runner import SearchRunner
 from amc.search.settings import SearchSettings
@@ -293,6 +294,41 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _pop_dotted(tree: dict[str, Any], key: str) -> None:
+    """Remove ``a.b.c`` from nested dicts (nothing when a part is missing)."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        tree = tree.get(part)
+        if not isinstance(tree, dict):
+            return
+    tree.pop(leaf, None)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as ``{"a.b.c": value}`` (lists and scalars are values)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _changed_settings(recorded: Any, current: dict[str, Any], shown: int = 4) -> str:
+    """`` (key: A there, B here; ...)`` for the settings a cell was computed with that differ from this run's.
+
+    Empty when the cell does not record its settings (cells written before they did).
+    """
+    if not isinstance(recorded, dict):
+        return ""
+    old, new = _flatten(recorded), _flatten(current)
+    missing = object()
+    diffs = [f"{key}: {old.get(key, 'absent')} there, {new.get(key, 'absent')} here"
+             for key in sorted(set(old) | set(new)) if old.get(key, missing) != new.get(key, missing)]
+    more = f"; and {len(diffs) - shown} more" if len(diffs) > shown else ""
+    return f" ({'; '.join(diffs[:shown])}{more})" if diffs else ""
+
+
 # ---------------------------------------------------------------------------------------------- the bench
 class CompareBench:
     """The comparison in one run directory (new or resumed); :meth:`run` does everything.
@@ -480,15 +516,26 @@ class CompareBench:
         """Where a finished cell's record lives."""
         return self.out / CELLS_DIR / budget.dirname / method / f"seed{seed}.json"
 
-    def _cell_fingerprint(self, cfg: DictConfig) -> str:
+    def _result_settings(self, cfg: DictConfig) -> dict[str, Any]:
+        """The settings a cell's result depends on: its search's config, the full-val scoring and the fine-tune.
+
+        Left out, so that a bench continued by a later amc (or with another display) still reads its cells back:
+        what a search shows, saves or reports at its end (:data:`amc.search.resume.RESULT_NEUTRAL`, the settings
+        a search resume may change too), and for FLOPs and params budgets where it ran (``device``,
+        ``worker_devices``): a bench started on a CPU may be finished on a GPU, seed by seed; each cell records
+        its machine, and the results say how far a re-run elsewhere moves a cell. A latency budget is measured on
+        its device: there the device is a setting.
+        """
         search = plain(cfg)
-        search.pop("progress", None)  # a progress bar changes no result: a resume may switch it
+        for key in [*RESULT_NEUTRAL, "resume"]:
+            _pop_dotted(search, key)
         if search.get("budget", {}).get("metric") != "latency":
-            # where a FLOPs or params cell ran (cpu, cuda, threads) is not a setting: a bench started on a CPU may be
-            # finished on a GPU, seed by seed; each cell records its machine, and the results say how far a re-run
-            # elsewhere moves a cell. A latency budget is measured on its device: there the device is a setting.
             search.pop("device", None)
-        return _fingerprint(search, plain(self.b.full), plain(self.b.finetune))
+            search.pop("worker_devices", None)
+        return {"search": search, "full": plain(self.b.full), "finetune": plain(self.b.finetune)}
+
+    def _cell_fingerprint(self, cfg: DictConfig) -> str:
+        return _fingerprint(self._result_settings(cfg))
 
     def _run_cell(self, budget: CompareBudget, method: str, seed: int) -> dict[str, Any]:
         cfg = self.cfgs[(budget.key, method, seed)]
@@ -511,6 +558,7 @@ class CompareBench:
         record["map_full"], record["map_finetuned"] = self._score(prune_model(setup.model, space, selection), seed)
         record["score_s"] = time.perf_counter() - t0
         record.update(budget=budget.key, method=method, seed=seed, fingerprint=self._cell_fingerprint(cfg),
+                      settings=self._result_settings(cfg),
                       machine=_machine(self.device),
                       kept=[int(w) for w in selection.widths])
         return record
@@ -587,9 +635,11 @@ class CompareBench:
             path = self.cell_path(budget, method, seed)
             if path.is_file():
                 record = json.loads(path.read_text())
-                if record.get("fingerprint") != self._cell_fingerprint(self.cfgs[(budget.key, method, seed)]):
-                    raise ConfigError(f"{path} was computed with other settings than this run's: resume with the "
-                                      f"same settings, or choose a new run directory")
+                cfg = self.cfgs[(budget.key, method, seed)]
+                if record.get("fingerprint") != self._cell_fingerprint(cfg):
+                    changed = _changed_settings(record.get("settings"), self._result_settings(cfg))
+                    raise ConfigError(f"{path} was computed with other settings than this run's{changed}: resume "
+                                      f"with the same settings, or choose a new run directory")
                 done[(budget.key, method, seed)] = record
         console.print(f"bench=compare in {self.out}: {len(self.budgets)} budgets x {len(self.methods)} methods x "
                       f"{len(self.seeds)} seeds = {len(todo)} cells, {len(done)} already finished")

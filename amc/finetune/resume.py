@@ -7,7 +7,7 @@ before Hydra writes into the folder); :mod:`amc.finetune.workflow` does the fine
 
 from __future__ import annotations
 
-from amc.resume import ResumeRule
+from amc.resume import DISPLAY_ONLY, ResumeRule
 
 CONFIG_FILE = "finetune_config.yaml"
 RUN_MARKER = "amc_finetune"
@@ -16,4 +16,4 @@ START_DIR = "start"
 #: amc.resume): the epochs already trained followed its schedule, data and distillation, and changing any of
 #: them halfway would train neither the old model nor the new one. Only these may differ:
 FINETUNE_RESUME = ResumeRule(command="amc-finetune", config_file=CONFIG_FILE, marker=RUN_MARKER,
-                             mutable={"progress": "display only"}, required=(START_DIR,))
+                             mutable=DISPLAY_ONLY, required=(START_DIR,))

@@ -11,12 +11,24 @@ from pathlib import Path
 from typing import Any
 
 from amc.atomic import complete_dir
-from amc.resume import ResumeRule
+from amc.resume import DISPLAY_ONLY, ResumeRule
 
 CONFIG_FILE = "search_config.yaml"
 CHECKPOINT_DIR = "checkpoint"
 RUN_MARKER = "amc_search"
 """Key of ``search_config.yaml`` that marks a folder as an amc-search run directory."""
+
+#: Settings that change what a search shows, how often it saves itself or what its end-of-search report does, never
+#: which policies its episodes choose or the scores they get. A resume may change them, and a benchmark that
+#: compares searches (``bench=compare``'s cell fingerprints) leaves them out of the settings a result depends on.
+RESULT_NEUTRAL: dict[str, str] = {
+    **DISPLAY_ONLY,
+    "checkpoint_every": "how often the state is saved; the episodes played do not depend on it",
+    "final.export_model": "the end-of-search export only",
+    "final.latency_runs": "the end-of-search timing only",
+    "final.latency_rounds": "the end-of-search timing only",
+    "final.max_latency_spread": "when the end-of-search timing is called too noisy; the report only",
+}
 
 #: The settings ``amc-search resume=DIR`` may change, and why each may. Every other setting a resume's command
 #: line gives must equal the run's own (else the resume is refused naming the key and both values): the
@@ -25,11 +37,7 @@ RUN_MARKER = "amc_search"
 MUTABLE_ON_RESUME: dict[str, str] = {
     "episodes": "extends the search (a finished one plays the extra episodes, then exports again); never below "
                 "the episodes already played",
-    "progress": "display only",
-    "checkpoint_every": "how often the state is saved; the episodes played do not depend on it",
-    "final.export_model": "the end-of-search export only",
-    "final.latency_runs": "the end-of-search timing only",
-    "final.latency_rounds": "the end-of-search timing only",
+    **RESULT_NEUTRAL,
 }
 
 
