@@ -326,3 +326,18 @@ def test_gymnasium_1_finds_the_id_by_its_module_prefix(tmp_path: Path) -> None:
     run = python('ID = "amc.gym_plugin:amc/YOLOv7Pruning-v0"' + GYM_MAKE, tmp_path)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["PruningEnv", "amc/YOLOv7Pruning-v0"]
+
+
+def test_a_search_recorded_by_an_earlier_amc_resumes_with_the_settings_added_since(tmp_path: Path) -> None:
+    """A run recorded before a result-neutral setting existed gets its default on resume (the runner reads every
+    setting); a setting that could change the remaining episodes is not invented."""
+    from amc.search.rundir import load_resume_config
+
+    run = tmp_path / "old"
+    run.mkdir()
+    recorded = {"episodes": 5, "final": {"latency_runs": 0}, "progress": False}
+    (run / "search_config.yaml").write_text(yaml.safe_dump({"amc_search": 1, "config": recorded}))
+    cfg = load_resume_config(run)
+    assert cfg.final.max_latency_spread == 0.2 and cfg.progress_interval_s == 0 and cfg.worker_devices is None
+    assert cfg.final.latency_runs == 0 and cfg.progress is False  # what the run recorded stays
+    assert "ratio_bounds" not in cfg

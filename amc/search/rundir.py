@@ -23,9 +23,10 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from amc.config import compose_config
 from amc.errors import ConfigError
 # defined beside the resume rules (no torch there); readers import them from here too
-from amc.search.resume import CHECKPOINT_DIR, CONFIG_FILE, RUN_MARKER  # noqa: F401
+from amc.search.resume import CHECKPOINT_DIR, CONFIG_FILE, RESULT_NEUTRAL, RUN_MARKER  # noqa: F401
 
 BEST_POLICY_FILE = "best_policy.yaml"
 
@@ -55,7 +56,29 @@ def load_resume_config(run_dir: Path) -> DictConfig:
         raise ConfigError(f"resume={run_dir} is not an amc-search run directory (no valid {CONFIG_FILE} in it)")
     cfg = OmegaConf.create(data["config"])
     cfg.resume = str(run_dir)
+    _add_new_settings(cfg)
     return cfg
+
+
+#: Settings amc-search gained after runs already existed whose defaults reproduce what those runs did: a run
+#: recorded without one resumes with its default. ``worker_devices: null`` places workers as before it existed.
+NEW_SETTINGS_WITH_OLD_BEHAVIOUR = (*RESULT_NEUTRAL, "worker_devices")
+_ABSENT = object()
+
+
+def _add_new_settings(cfg: DictConfig) -> None:
+    """Give a run started by an earlier amc the settings it lacks that change nothing it did (their defaults).
+
+    Any other setting a run lacks stays absent (the runner then names it), since its default might change what
+    the remaining episodes do.
+    """
+    missing = [key for key in NEW_SETTINGS_WITH_OLD_BEHAVIOUR
+               if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT]
+    if not missing:
+        return
+    defaults = compose_config("search", [], "amc-search's defaults")
+    for key in missing:
+        OmegaConf.update(cfg, key, OmegaConf.select(defaults, key), force_add=True)
 
 
 @dataclass
