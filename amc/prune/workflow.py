@@ -17,10 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from amc.atomic import atomic_write_json
 from amc.config import config_number, parse_img_size
-from amc.console import console, print_table
+from amc.console import console, print_table, warn
 from amc.data.loaders import sample_batches
 from amc.errors import ConfigError
-from amc.eval.latency import Latency, compare_cpu_latency
+from amc.eval.latency import Latency, compare_cpu_latency, speedup, spread_text
 from amc.factory import load_data_from_config, load_model_from_config, make_criterion, rounding_from_config
 from amc.models import YOLOv7
 from amc.models.io import save_model
@@ -37,7 +37,7 @@ METHODS = ("uniform", "global", "policy")
 MODES = ("structured", "finegrained")
 
 #: The columns of the before/after table.
-COLUMNS = ["", "params", "of base", "GFLOPs", "of base", "fused GFLOPs", "CPU ms"]
+COLUMNS = ["", "params", "of base", "GFLOPs", "of base", "fused GFLOPs", "CPU ms", "IQR"]
 
 
 def _row(name: str, params: int, gflops: float, fused_gflops: float | None, latency: Latency | None,
@@ -45,12 +45,14 @@ def _row(name: str, params: int, gflops: float, fused_gflops: float | None, late
     """One row of the before/after table; ``base`` holds the unpruned ``params`` and ``gflops``."""
     lat = "-" if latency is None else f"{latency.median_ms:.1f}"
     return [name, f"{params:,}", f"{params / base['params']:.1%}", f"{gflops:.3f}", f"{gflops / base['gflops']:.1%}",
-            "-" if fused_gflops is None else f"{fused_gflops:.3f}", lat]
+            "-" if fused_gflops is None else f"{fused_gflops:.3f}", lat, spread_text(latency)]
 
 
 def _latency_settings(cfg: DictConfig) -> dict[str, Any]:
-    """``latency.*`` checked: timed ``runs`` (0 = none), ``rounds`` of turns, CPU ``threads`` (None = torch's)."""
+    """``latency.*`` checked: timed ``runs`` (0 = none), ``rounds`` of turns, CPU ``threads`` (None = torch's), the
+    ``max_spread`` beyond which a timing is too noisy for a speed-up."""
     return {"runs": config_number(cfg.latency, "runs", int, 0, prefix="latency."),
+            "max_spread": config_number(cfg.latency, "max_spread", float, 0.0, prefix="latency."),
             "rounds": config_number(cfg.latency, "rounds", int, 1, prefix="latency."),
             "threads": config_number(cfg.latency, "threads", int, 1, optional=True, prefix="latency.")}
 
@@ -153,9 +155,7 @@ def structured(cfg: DictConfig, img_size: tuple[int, int], out: Path) -> dict[st
         "flops_ratio": after.macs / before.macs, "params_ratio": after.params / before.params,
         "fused_gflops": fused_after.gflops, "budget": info["budget"],
         "before": {"params": before.params, "gflops": before.gflops, "fused_gflops": fused_before.gflops},
-        "latency_ms": None if lat_after is None else {
-            "before": lat_before.median_ms, "after": lat_after.median_ms, "speedup": lat_before.median_ms /
-            lat_after.median_ms, "threads": lat_after.threads, "runs": lat_after.runs, "device": "cpu"},
+        "latency_ms": None if lat_after is None else _latency_figures(lat_before, lat_after, latency["max_spread"]),
         "channels": {u.name: [u.channels, w] for u, w in zip(space.units, selection.widths)},
     }
     atomic_write_json(out / "metrics.json", metrics)
@@ -163,8 +163,20 @@ def structured(cfg: DictConfig, img_size: tuple[int, int], out: Path) -> dict[st
     print_table(f"{source} at {img_size[0]}x{img_size[1]}: {info['method']} pruning, {criterion.name} channels",
                 COLUMNS, [_row("before", before.params, before.gflops, fused_before.gflops, lat_before, base),
                           _row("after", after.params, after.gflops, fused_after.gflops, lat_after, base)])
+    if metrics["latency_ms"] is not None and metrics["latency_ms"]["noisy"]:
+        warn(f"the CPU timings spread by more than latency.max_spread={latency['max_spread']} (IQR / median): too "
+             f"noisy for a speed-up on this machine now (metrics.json: latency_ms.speedup is null); measure on an "
+             f"idle machine or with more latency.runs")
     console.print(f"pruned model, policy.yaml and metrics.json written to {out}")
     return metrics
+
+
+def _latency_figures(before: Latency, after: Latency, max_spread: float) -> dict[str, Any]:
+    """metrics.json's ``latency_ms``: both medians with their spread, and a speed-up only when neither is noisy."""
+    ratio = speedup(before, after, max_spread)
+    return {"before": before.median_ms, "after": after.median_ms, "speedup": ratio, "noisy": ratio is None,
+            "max_spread": max_spread, "before_spread": before.spread, "after_spread": after.spread,
+            "threads": after.threads, "runs": after.runs, "device": "cpu"}
 
 
 def finegrained(cfg: DictConfig, img_size: tuple[int, int], out: Path) -> dict[str, Any]:
