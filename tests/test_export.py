@@ -212,6 +212,9 @@ def test_cli_end_to_end(tmp_path, demo_data):
     for key in ("fp32_map50_95", "int8_map50_95", "fp32_ms", "int8_ms"):
         assert metrics[key] > 0, key
     assert metrics["map_images"] == 24 and metrics["calibration"]["images"] == 16
+    lat = metrics["latency"]  # a speed-up only from timings that are not noise
+    assert lat["noisy"] is (max(lat["fp32_spread"], lat["int8_spread"]) > lat["max_spread"]) and "IQR" in run.stdout
+    assert (lat["int8_speedup"] is None) is lat["noisy"]
     for name in ("model.onnx", "model.int8.onnx"):
         session = ort_session(out / name)
         assert [o.name for o in session.get_outputs()] == ["detections", "num_detections"]

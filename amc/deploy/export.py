@@ -17,12 +17,12 @@ from omegaconf import DictConfig
 
 from amc.atomic import atomic_write_json
 from amc.config import config_number
-from amc.console import console, print_table
+from amc.console import console, print_table, warn
 from amc.data.datasets import cache_dir
 from amc.data.loaders import EvalSet, sample_batches
 from amc.errors import ConfigError
 from amc.eval.evaluator import DetectionEvaluator, EvalSettings, check_classes
-from amc.eval.latency import Latency, latency_session, run_interleaved
+from amc.eval.latency import Latency, latency_session, run_interleaved, speedup, spread_text
 from amc.eval.nms import non_max_suppression
 from amc.export.onnx import (MIN_EXPORT_OPSET, ExportError, GraphNms, OnnxDetector, add_nms, check_predictions,
                              compare_detections, export_detector, graph_detections, max_export_opset, ort_session,
@@ -89,6 +89,7 @@ def _settings(cfg: DictConfig) -> dict[str, Any]:
     s["calibration_batch"] = config_number(c, "batch_size", int, 1, prefix="calibration.")
     s["latency"] = {k: config_number(cfg.latency, k, int, low, prefix="latency.")
                     for k, low in (("runs", 1), ("rounds", 1), ("warmup", 0), ("batch_size", 1))}
+    s["latency"]["max_spread"] = config_number(cfg.latency, "max_spread", float, 0.0, prefix="latency.")
     return s
 
 
@@ -232,11 +233,16 @@ def export(cfg: DictConfig, out: str | Path) -> dict:
         metrics["eval"] = s["eval"]
         metrics["latency"] = {"backend": "onnxruntime-cpu", "threads": latency["fp32"].threads, "runs": lat["runs"],
                               "rounds": lat["rounds"], "input": list(shape), "interleaved": True,
-                              "statistic": "median",
-                              **{f"{name}_min_ms": latency[name].min_ms for name in graphs}}
-        columns += ["mAP@0.5:0.95", "mAP@0.5", "CPU ms"]
+                              "statistic": "median", "max_spread": lat["max_spread"],
+                              **{f"{name}_min_ms": latency[name].min_ms for name in graphs},
+                              **{f"{name}_spread": latency[name].spread for name in graphs},
+                              "noisy": any(latency[name].noisy(lat["max_spread"]) for name in graphs)}
+        if "int8" in graphs:  # a speed-up only from timings that are not noise (None otherwise)
+            metrics["latency"]["int8_speedup"] = speedup(latency["fp32"], latency["int8"], lat["max_spread"])
+        columns += ["mAP@0.5:0.95", "mAP@0.5", "CPU ms", "IQR"]
         for row, name in zip(rows, graphs):
-            row += [f"{results[name].map50_95:.4f}", f"{results[name].map50:.4f}", f"{latency[name].median_ms:.2f}"]
+            row += [f"{results[name].map50_95:.4f}", f"{results[name].map50:.4f}", f"{latency[name].median_ms:.2f}",
+                    spread_text(latency[name])]
     atomic_write_json(out / "metrics.json", metrics)
     print_table(f"ONNX opset {s['opset']}{', NMS in the graph' if s['nms'] else ''}, max abs diff vs PyTorch "
                 f"{diff:.2g}", columns, rows, numeric_from=2)
@@ -244,6 +250,10 @@ def export(cfg: DictConfig, out: str | Path) -> dict:
         console.print(f"mAP@0.5:0.95 and mAP@0.5 on {metrics['map_images']} images of {val.source} (amc's NMS, "
                       f"as amc-eval); CPU ms: ONNX Runtime, {metrics['latency']['threads']} threads, median of "
                       f"{s['latency']['runs']} interleaved runs at {'x'.join(map(str, metrics['latency']['input']))}")
+    if s["measure"] and metrics["latency"]["noisy"]:
+        warn(f"the ONNX Runtime timings spread by more than latency.max_spread={s['latency']['max_spread']} "
+             f"(IQR / median): too noisy to compare the graphs' speed on this machine now; measure on an idle "
+             f"machine or with more latency.runs")
     console.print(f"{', '.join(metrics['files'].values())} and metrics.json written to {out}")
     return metrics
 
