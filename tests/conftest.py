@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,16 @@ import torch
 from safetensors.torch import load_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n N``), each worker gets its share of the cores, for torch and for the commands the
+    tests start: N workers each using every core would oversubscribe the machine and run slower than one."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        share = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(share)
+        os.environ.setdefault("OMP_NUM_THREADS", str(share))
 OFFICIAL = ["yolov7-tiny", "yolov7", "yolov7-e6e", "yolov7-tiny-deploy"]
 
 
