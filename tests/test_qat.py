@@ -28,7 +28,7 @@ from amc.models import YOLOv7, load_model, parse_cfg
 from amc.models.io import packaged
 from amc.quant import QUANT_FILE, QuantScheme, calibrate, load_qat_model, prepare_qat, save_qat_model
 from amc.quant.onnx import export_qat, prediction_agreement
-from amc.quant.qat import ActivationFakeQuantize, fake_quantizers
+from amc.quant.qat import ActivationFakeQuantize, deploy_form, fake_quantizers
 from amc.train.trainer import TrainConfig
 from conftest import mini_cfg, randomize_
 
@@ -126,10 +126,10 @@ def test_qat_fine_tune_exports_its_learned_scales_and_onnx_runtime_runs_them(dem
         floating = torch.cat([plain.eval()(x)[0] for x in images])
     predicted = torch.cat([OnnxDetector(proto, threads=1)(x)[0] for x in images])
     close, noise = prediction_agreement(fake, predicted), prediction_agreement(fake, floating)
-    # Measured here (an AVX2 CPU without VNNI, whose u8 x s8 kernels saturate a little): confidence mean abs
-    # difference 3e-4 (the float model vs the fake-quantized one: 4e-4), boxes of confident anchors 0.3 px apart
-    # (0.5 px). Bit-exact agreement is not possible: integer and float convolutions round differently and the
-    # one-step differences spread (amc.quant.onnx.prediction_agreement).
+    # Measured on the demo (an AVX2 CPU without VNNI, whose u8 x s8 kernels saturate a little): confidence mean
+    # abs difference about 3e-4 (the float model vs the fake-quantized one: about 5e-4), boxes of confident anchors
+    # about 0.3 px apart (0.4 px). Bit-exact agreement is not possible: integer and float convolutions round
+    # differently and the one-step differences spread (amc.quant.onnx.prediction_agreement).
     assert close["conf_mean_abs_diff"] < 1e-3, (close, noise)
     assert close["box_mean_abs_diff"] < 1.0, (close, noise)
     assert close["confident_anchors"] > 0
@@ -162,8 +162,10 @@ def test_qat_checkpoints_load_safely_and_refuse_what_does_not_fit(tmp_path) -> N
     qat = prepare_qat(randomize_(YOLOv7(parse_cfg(mini_cfg()))).eval())
     calibrate(qat, [torch.rand(1, 3, 64, 64)])
     folder = save_qat_model(qat.eval(), tmp_path / "qat")
-    again, _ = load_qat_model(folder)
-    assert all(torch.equal(a, b) for a, b in zip(qat.state_dict().values(), again.state_dict().values()))
+    again, _ = load_qat_model(folder)  # saved as it deploys: the BatchNorms folded into the convolutions
+    folded = deploy_form(qat).state_dict()
+    assert list(folded) == list(again.state_dict())
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in folded.items())
     state = load_file(str(folder / QUANT_FILE))
     key = next(k for k in state if k.endswith("weight_fake_quant.scale"))
     save_file({**state, key: state[key][:-1]}, str(folder / QUANT_FILE))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from amc.atomic import atomic_write_json
 from amc.config import config_number
@@ -39,6 +39,10 @@ from amc.train.trainer import Trainer, TrainConfig
 
 #: Where the quantization-aware phase writes, inside the fine-tune's run directory.
 QAT_DIR = "qat"
+#: ``qat_options`` of a run started before QAT existed (conf/finetune.yaml's defaults).
+QAT_DEFAULTS = {"epochs": 2, "lr0": 0.0005, "warmup_epochs": 0.0, "calibration_images": 64,
+                "averaging_constant": 0.01, "per_channel": True, "activation_type": "QUInt8", "keep_head": True,
+                "reduce_range": False}
 #: Keys of an amc model's ``architecture.yaml`` that :func:`amc.models.save_model` writes itself.
 _MODEL_KEYS = ("amc_model", "names", "fused", "architecture", "quantization")
 
@@ -56,37 +60,28 @@ class QatSettings:
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "QatSettings":
-        """The settings of a composed config (a run started before QAT existed has none: off)."""
-        enabled = cfg.get("qat", False)
-        enabled = False if enabled is None else enabled
+        """The settings of a composed config (a run started before QAT existed has none: off, the defaults)."""
+        enabled = False if cfg.get("qat") is None else cfg.get("qat")
         if not isinstance(enabled, bool):
             raise ConfigError(f"qat must be true or false, got {enabled!r}")
-        o = cfg.get("qat_options") or DictConfig({})
+        o = OmegaConf.merge(OmegaConf.create(QAT_DEFAULTS), cfg.get("qat_options") or {})
         p = "qat_options."
-        flags = {}
-        for key, default in (("per_channel", True), ("keep_head", True), ("reduce_range", False)):
-            value = o.get(key, default)
-            if not isinstance(value, bool):
-                raise ConfigError(f"{p}{key} must be true or false, got {value!r}")
-            flags[key] = value
-        activation = str(o.get("activation_type", "QUInt8"))
-        if activation not in ACTIVATION_TYPES:
-            raise ConfigError(f"{p}activation_type must be one of {', '.join(ACTIVATION_TYPES)}, got {activation!r}")
-        averaging = config_number(o, "averaging_constant", float, 0.0, 1.0, prefix=p) \
-            if o.get("averaging_constant") is not None else 0.01
-        if averaging <= 0:
-            raise ConfigError(f"{p}averaging_constant must be in (0, 1], got {averaging}")
-        lr0 = config_number(o, "lr0", float, 0.0, prefix=p) if o.get("lr0") is not None else 0.0005
-        if lr0 <= 0:
-            raise ConfigError(f"{p}lr0 must be > 0, got {lr0}")
-        return cls(enabled=enabled,
-                   epochs=config_number(o, "epochs", int, 1, prefix=p) if o.get("epochs") is not None else 2,
-                   lr0=lr0,
-                   warmup_epochs=config_number(o, "warmup_epochs", float, 0.0, prefix=p)
-                   if o.get("warmup_epochs") is not None else 0.0,
-                   calibration_images=config_number(o, "calibration_images", int, 1, prefix=p)
-                   if o.get("calibration_images") is not None else 64,
-                   scheme=QuantScheme(activation_type=activation, averaging_constant=averaging, **flags))
+        for key in ("per_channel", "keep_head", "reduce_range"):
+            if not isinstance(o[key], bool):
+                raise ConfigError(f"{p}{key} must be true or false, got {o[key]!r}")
+        if str(o.activation_type) not in ACTIVATION_TYPES:
+            raise ConfigError(f"{p}activation_type must be one of {', '.join(ACTIVATION_TYPES)}, got "
+                              f"{o.activation_type!r}")
+        for key in ("lr0", "averaging_constant"):
+            if config_number(o, key, float, 0.0, prefix=p) <= 0:
+                raise ConfigError(f"{p}{key} must be > 0, got {o[key]}")
+        return cls(enabled=enabled, epochs=config_number(o, "epochs", int, 1, prefix=p),
+                   lr0=float(o.lr0), warmup_epochs=config_number(o, "warmup_epochs", float, 0.0, prefix=p),
+                   calibration_images=config_number(o, "calibration_images", int, 1, prefix=p),
+                   scheme=QuantScheme(per_channel=o.per_channel, activation_type=str(o.activation_type),
+                                      keep_head=o.keep_head, reduce_range=o.reduce_range,
+                                      averaging_constant=config_number(o, "averaging_constant", float, 0.0, 1.0,
+                                                                       prefix=p)))
 
 
 def finish_checkpoint(folder: Path) -> YOLOv7:
@@ -140,7 +135,8 @@ def quantization_aware_training(q: QatSettings, start: Path, out: Path, train: D
     qat_hyp = {**hyp, "lr0": q.lr0, "warmup_epochs": q.warmup_epochs}
     loss = YOLOv7Loss(model, scale_hyp(qat_hyp, model.head.nl, model.nc, img_size),
                       ota=bool(int(qat_hyp.get("loss_ota", 1))))
-    scheme = {"format": QAT_FORMAT, **q.scheme.to_dict()}
+    # batch_norm: the training loop saves the model as it trains, its Conv BatchNorms inside ConvBn2d modules
+    scheme = {"format": QAT_FORMAT, **q.scheme.to_dict(), "batch_norm": not base.fused}
     qat_config = dataclasses.replace(
         config, epochs=q.epochs, save_dir=save_dir, resume=resume, amp=False,  # fake quantization is float32
         export_extra={**config.export_extra, "qat_from": str(start), "quantization": scheme})

@@ -17,7 +17,6 @@ calibrated one of the same model (``tests/test_qat.py`` checks it), only with th
 
 from __future__ import annotations
 
-import copy
 import json
 from typing import TYPE_CHECKING
 
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from amc.export.onnx import ONNX_OPSET, check_graph, export_detector, set_metadata
-from amc.quant.qat import fake_quantizers, scheme_of, sync_qparams
+from amc.quant.qat import deploy_form, fake_quantizers, scheme_of, sync_qparams
 
 if TYPE_CHECKING:
     import onnx
@@ -44,7 +43,7 @@ def export_qat(model: torch.nn.Module, img_size: int | tuple[int, int] = 640,
         ExportError: an unsupported operator; a graph the ONNX checker rejects.
     """
     scheme = scheme_of(model)
-    m = copy.deepcopy(model).cpu().eval()
+    m = deploy_form(model).cpu().eval()  # BatchNorms folded: the fused model the graph holds
     sync_qparams(m)
     for fq in fake_quantizers(m).values():
         fq.disable_observer()

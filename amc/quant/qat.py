@@ -7,9 +7,9 @@ activation's output (LeakyReLU, the Sigmoid and Mul of SiLU; a ReLU is folded in
 concatenation and sum. Max pooling, nearest upsampling and slicing keep their input's scale. The detection
 head's convolutions stay in float by default (``keep_head``), and the box decoding always does.
 
-:func:`prepare_qat` makes a fused copy of a model that rounds exactly there, with PyTorch's own quantization
-modules: ``torch.ao.nn.qat.Conv2d`` (weights through a per-channel ``FakeQuantize``) and ``FakeQuantize`` modules
-on the activations, attached as eager-mode ``torch.ao.quantization`` does (an ``activation_post_process`` child and
+:func:`prepare_qat` makes a copy of a model that rounds exactly there, with PyTorch's own quantization
+modules: ``torch.ao.nn.intrinsic.qat.ConvBn2d`` and ``torch.ao.nn.qat.Conv2d`` (weights through a per-channel
+``FakeQuantize``) and ``FakeQuantize`` modules on the activations, attached as eager-mode ``torch.ao.quantization`` does (an ``activation_post_process`` child and
 a forward hook), all built from one ``torch.ao.quantization.QConfig`` (:func:`qconfig`):
 
 * weights: ``MovingAveragePerChannelMinMaxObserver`` with averaging constant 1, symmetric int8 in [-127, 127]
@@ -21,8 +21,13 @@ a forward hook), all built from one ``torch.ao.quantization.QConfig`` (:func:`qc
   (:class:`ActivationFakeQuantize`): evaluating the model, or its EMA copy, never fits them to the evaluation
   images.
 
-The training batch-norm statistics are folded first (the model is fused: BatchNorm, RepConv branches and implicit
-layers are in the convolutions), so the fake-quantized weights are the very ones that get exported.
+BatchNorm stays during training, with its folding simulated as ``torch.ao`` does it
+(``torch.ao.nn.intrinsic.qat.ConvBn2d``: the weights are fake-quantized as folded with the running statistics,
+the batch statistics still normalize): training a model with its BatchNorm folded away costs the demo 0.005
+mAP@0.5:0.95 over two epochs, fake quantization or not. RepConv branches and implicit layers are folded first (as
+the export folds them), and a model that is already fused trains as it is. :func:`deploy_form` folds the
+BatchNorms into the convolutions (``torch.ao.nn.qat.Conv2d``, the same quantizers): what is saved, evaluated the
+same way, and exported.
 
 A QAT model is saved (:func:`save_qat_model`) as an amc model folder whose ``weights.safetensors`` holds the
 float weights (any amc command loads it as a plain fused model) plus ``quantization.safetensors`` with every
@@ -43,7 +48,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.ao.nn import intrinsic as nni
 from torch.ao.nn import qat as nnqat
+from torch.ao.nn.intrinsic import qat as nniqat
 from torch.ao.quantization import (FakeQuantize, FakeQuantizeBase, MovingAverageMinMaxObserver,
                                    MovingAveragePerChannelMinMaxObserver, QConfig)
 
@@ -103,7 +110,7 @@ class QuantScheme:
         if not isinstance(data, dict):
             raise CheckpointError(f"{source}: the quantization scheme must be a mapping, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known - {"format"})
+        unknown = sorted(set(data) - known - {"format", "batch_norm"})
         if unknown:
             raise CheckpointError(f"{source}: unknown quantization setting(s) {', '.join(map(str, unknown))}")
         try:
@@ -235,9 +242,25 @@ def _qat_conv(conv: nn.Conv2d, config: QConfig) -> nnqat.Conv2d:
     return qconv
 
 
+def _qat_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, config: QConfig) -> nniqat.ConvBn2d:
+    """``torch.ao.nn.intrinsic.qat.ConvBn2d.from_float``: the convolution and its BatchNorm, trained with the
+    folding simulated (the weights fake-quantized as folded with the running statistics)."""
+    fused = nni.ConvBn2d(conv, bn)
+    fused.qconfig = config
+    qconv = nniqat.ConvBn2d.from_float(fused)
+    qconv.qconfig = None
+    # A zero BatchNorm weight would divide by zero in the one-pass approximation: torch's two-pass path then
+    qconv._enable_slow_path_for_better_numerical_stability = bool((bn.weight == 0).any())
+    return qconv
+
+
 def _conv_block(block: nn.Module, attr: str, config: QConfig, where: str) -> FakeQuantize:
-    """A fused Conv / RepConv (``attr``: its convolution) with its activation; returns its output's quantizer."""
-    setattr(block, attr, _qat_conv(getattr(block, attr), config))
+    """A Conv / fused RepConv (``attr``: its convolution) with its activation; returns its output's quantizer."""
+    bn = getattr(block, "bn", None)
+    if isinstance(bn, nn.BatchNorm2d):  # an unfused Conv: its BatchNorm trains on, folded for the quantizer
+        block.conv, block.bn = _qat_conv_bn(block.conv, bn, config), nn.Identity()
+    else:
+        setattr(block, attr, _qat_conv(getattr(block, attr), config))
     conv, act = getattr(block, attr), block.act
     if isinstance(act, nn.LeakyReLU):
         _own(conv, config)
@@ -302,10 +325,12 @@ def _layer(layer: nn.Module, inputs: list[FakeQuantize], config: QConfig, where:
 
 
 def prepare_qat(model: YOLOv7, scheme: QuantScheme | None = None) -> YOLOv7:
-    """A fused copy of ``model`` with fake quantization where ``amc-export int8=true`` quantizes (module docstring).
+    """A copy of ``model`` with fake quantization where ``amc-export int8=true`` quantizes (module docstring).
 
-    The copy is in the mode ``model`` is in and on its device; ``model`` is left as it is. Weight scales follow the
-    weights at every forward pass; activation ranges start unobserved: :func:`calibrate` them before training.
+    The copy is in the mode ``model`` is in and on its device; ``model`` is left as it is. Its RepConv blocks and
+    implicit layers are folded; a Conv's BatchNorm trains on inside a ``ConvBn2d`` (an already fused model has
+    none). Weight scales follow the (folded) weights at every forward pass; activation ranges start unobserved:
+    :func:`calibrate` them before training.
 
     Raises:
         ConfigError: a layer or activation the INT8 export cannot quantize the same way.
@@ -313,7 +338,10 @@ def prepare_qat(model: YOLOv7, scheme: QuantScheme | None = None) -> YOLOv7:
     scheme = scheme or QuantScheme()
     config = qconfig(scheme)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    qat = copy.deepcopy(model).float().fuse()  # BatchNorm statistics folded: the weights the graph will hold
+    qat = copy.deepcopy(model).float()
+    for m in list(qat.modules()):
+        if isinstance(m, (M.RepConv, Detect)):  # folded as the export folds them (a Conv's BatchNorm: below)
+            m.fuse()
     qat.input_quant = config.activation()
     qat.register_forward_pre_hook(_quantize_input)
     out: dict[int, FakeQuantize] = {}
@@ -353,7 +381,10 @@ def calibrate(model: YOLOv7, batches: Iterable[torch.Tensor]) -> int:
     constants = [o.averaging_constant for o in observers]
     was_training = model.training
     device = next(model.parameters()).device
-    model.train()  # observers learn in training mode; a fused model has no BatchNorm statistics to disturb
+    model.train()  # observers learn in training mode
+    for m in model.modules():  # ... but the BatchNorm statistics are the model's: normalize with them, unchanged
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
     n = 0
     try:
         for n, images in enumerate(batches, 1):
@@ -377,6 +408,8 @@ def sync_qparams(model: nn.Module) -> None:
             m.sync_qparams()
         elif isinstance(m, nnqat.Conv2d) and m.weight_fake_quant.observer_enabled[0] == 1:
             m.weight_fake_quant(m.weight.detach())
+        elif isinstance(m, nniqat.ConvBn2d) and m.weight_fake_quant.observer_enabled[0] == 1:
+            m.weight_fake_quant(_fold(m)[0])
 
 
 def fake_quantizers(model: nn.Module) -> dict[str, FakeQuantizeBase]:
@@ -393,11 +426,42 @@ def split_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, to
     return weights, quant
 
 
+@torch.no_grad()
+def _fold(cb: nniqat.ConvBn2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight and bias of a ConvBn2d's convolution with its BatchNorm folded in (running statistics)."""
+    return M.fold_batch_norm(cb.weight.detach(), None if cb.bias is None else cb.bias.detach(), cb.bn)
+
+
+def deploy_form(model: YOLOv7) -> YOLOv7:
+    """A copy of a QAT model with every ``ConvBn2d`` folded into a ``torch.ao.nn.qat.Conv2d`` (folded weights and
+    bias, the same quantizers): the fused model the INT8 graph is exported from. In eval mode it computes what the
+    model computes (the BatchNorm with its running statistics). A model without ``ConvBn2d`` is copied as it is."""
+    scheme = scheme_of(model)
+    m = copy.deepcopy(model)
+    for block in list(m.modules()):
+        cb = getattr(block, "conv", None)
+        if not isinstance(block, M.Conv) or not isinstance(cb, nniqat.ConvBn2d):
+            continue
+        weight, bias = _fold(cb)
+        conv = nnqat.Conv2d(cb.in_channels, cb.out_channels, cb.kernel_size, cb.stride, cb.padding, cb.dilation,
+                            cb.groups, bias=True, qconfig=qconfig(scheme)).to(weight.device)
+        conv.qconfig = None
+        conv.weight.data.copy_(weight)
+        conv.bias.data.copy_(bias)
+        conv.weight_fake_quant = cb.weight_fake_quant  # the same quantizer: its scales are the folded weights'
+        if hasattr(cb, "activation_post_process"):
+            conv.activation_post_process = cb.activation_post_process  # shared quantizers keep pointing at it
+            conv.register_forward_hook(_quantize_output)
+        conv.train(cb.training)
+        block.conv = conv
+    return m
+
+
 def float_model(model: YOLOv7) -> YOLOv7:
     """The fused float model with a QAT model's weights (what the QAT model computes without fake quantization)."""
     scheme_of(model)
     plain = YOLOv7(model.arch, model.names, initialize=False).fuse()
-    weights, _ = split_state(model)
+    weights, _ = split_state(deploy_form(model))
     plain.load_state_dict({k: v.detach().float().cpu() for k, v in weights.items()}, strict=True)
     return plain.train(model.training)
 
@@ -411,6 +475,8 @@ def save_qat_model(model: YOLOv7, path: str | os.PathLike[str], extra: dict[str,
     ``extra``: more readable metadata for ``architecture.yaml`` (as :func:`amc.models.save_model`).
     """
     scheme = scheme_of(model)
+    sync_qparams(model)
+    model = deploy_form(model)
     sync_qparams(model)
     _, quant = split_state(model)
     target = Path(path)
@@ -469,10 +535,12 @@ def load_qat_model(path: str | os.PathLike[str]) -> tuple[YOLOv7, list[str]]:
     if file.is_file():
         plain, names = load_model(folder)  # the float model, with every check of an amc model
         state = _read(file)
+        if not plain.fused:
+            raise CheckpointError(f"{folder}: a quantization-aware model is saved fused, this one is not")
     else:  # the training loop's copy: build the model from its architecture, read everything from the weights
-        plain, names, state = _training_copy(folder)
-    if not plain.fused:
-        raise CheckpointError(f"{folder}: a quantization-aware model is saved fused, this one is not")
+        plain, names, state = _training_copy(folder, fused=not meta.get("batch_norm", False))
+        if not plain.fused and not meta.get("batch_norm", False):
+            raise CheckpointError(f"{folder}: a quantization-aware model is saved fused, this one is not")
     model = prepare_qat(plain, scheme).eval()
     weights, own = split_state(model)
     source = str(file if file.is_file() else folder / WEIGHTS_FILE)
@@ -502,8 +570,9 @@ def _read(file: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
 
 
-def _training_copy(folder: Path) -> tuple[YOLOv7, list[str], dict[str, torch.Tensor]]:
-    """The fused float model an amc folder's architecture describes, its names, and every tensor of its weights."""
+def _training_copy(folder: Path, fused: bool) -> tuple[YOLOv7, list[str], dict[str, torch.Tensor]]:
+    """The float model an amc folder's architecture describes (fused, or with its BatchNorms for a model that
+    trained with them: ``quantization.batch_norm``), its names, and every tensor of its weights."""
     meta = read_yaml(folder / ARCH_FILE)
     if not isinstance(meta, dict) or "architecture" not in meta:
         raise CheckpointError(f"{folder / ARCH_FILE}: not an amc model description (no 'architecture' key)")
@@ -515,7 +584,7 @@ def _training_copy(folder: Path) -> tuple[YOLOv7, list[str], dict[str, torch.Ten
                               f"architecture does not describe these weights")
     names = meta.get("names")
     model = YOLOv7(arch, names if isinstance(names, list) and len(names) == arch.nc else None, initialize=False)
-    if meta.get("fused"):
+    if fused:
         model.fuse()
     return model.eval(), model.names, state
 
