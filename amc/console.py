@@ -29,17 +29,26 @@ LOG_WIDTH = 1000
 
 
 class AmcConsole(Console):
-    """Rich's console, :data:`LOG_WIDTH` wide when the output is not a terminal (and no width was set)."""
+    """Rich's console, :data:`LOG_WIDTH` wide when the output is not a terminal (and no width was given to it).
+
+    A ``COLUMNS`` environment variable does not narrow it there: CI runners, containers and pytest-xdist workers
+    export ``COLUMNS=80`` for output that is a file, which is exactly where rich would cut the tables.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._width_given = kwargs.get("width") is not None
+        super().__init__(*args, **kwargs)
 
     @property
     def size(self) -> ConsoleDimensions:
         size = Console.size.fget(self)  # type: ignore[attr-defined]
-        if self._width is None and not self.is_terminal:
+        if not self._width_given and not self.is_terminal:
             return ConsoleDimensions(LOG_WIDTH, size.height)
         return size
 
     @size.setter
     def size(self, new_size: tuple[int, int]) -> None:
+        self._width_given = True
         Console.size.fset(self, new_size)  # type: ignore[attr-defined]
 
 
