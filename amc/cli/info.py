@@ -11,41 +11,15 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from amc.atomic import atomic_write_json
 from amc.cli.app import amc_app
-from amc.config import parse_img_size, run_dir
-from amc.console import console, print_table
-from amc.factory import load_model_from_config
-from amc.models.flops import count_architecture
+from amc.config import run_dir
 
 
 @amc_app("info")
 def main(cfg: DictConfig) -> dict:
-    img_size = parse_img_size(cfg.img_size)
-    model, names, source = load_model_from_config(cfg.model)
-    cost = model.cost(img_size)
-    fused = count_architecture(model.arch, img_size, fused=True)
-    rows = []
-    for layer, spec in zip(cost.layers, model.arch.layers):
-        rows.append([layer.index, spec.from_, layer.module, layer.c_in, layer.c_out or "-",
-                     "x".join(map(str, layer.out_hw)) if layer.out_hw != (0, 0) else "-",
-                     f"{layer.params:,}", f"{layer.gflops:.3f}"])
-    if cfg.per_layer:
-        print_table(f"{source}: layers at {img_size[0]}x{img_size[1]}",
-                    ["#", "from", "module", "in ch", "out ch", "out size", "params", "GFLOPs"], rows, numeric_from=3)
-    metrics = {
-        "model": source, "classes": len(names), "img_size": list(img_size),
-        "params": cost.params, "gflops": cost.gflops, "fused": cost.fused,
-        "fused_params": fused.params, "fused_gflops": fused.gflops,
-        "strides": model.stride.tolist(), "layers": cost.to_dict()["layers"],
-    }
-    out = atomic_write_json(run_dir() / "metrics.json", metrics)
-    print_table("summary", ["", "params", "GFLOPs"],
-                [["as loaded" + (" (fused)" if cost.fused else ""), f"{cost.params:,}", f"{cost.gflops:.2f}"],
-                 ["fused (deployed)", f"{fused.params:,}", f"{fused.gflops:.2f}"]])
-    console.print(f"{len(model.arch.layers)} layers, {len(names)} classes, strides {model.stride.tolist()}; "
-                  f"metrics written to {out}")
-    return metrics
+    from amc.deploy.info import model_info  # torch: kept off start-up so that --help is fast
+
+    return model_info(cfg, run_dir())
 
 
 if __name__ == "__main__":
