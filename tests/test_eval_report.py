@@ -85,6 +85,21 @@ def test_table_ratios_are_relative_to_the_first_row() -> None:
     assert speedup == {"torch-cpu": None, "onnxruntime-cpu": 4.0}
 
 
+def test_a_noisy_timing_gives_no_speed_up() -> None:
+    """A timing whose passes spread beyond max_spread (IQR / median) is shown with its spread and (noisy), and
+    no speed-up is computed from it, in the table or the JSON; a steady one keeps its ratio."""
+    rows = [ReportRow("original", "a", "torch", 0.5, 0.7, 100, 2.0, {"torch-cpu": 10.0, "onnxruntime-cpu": 8.0},
+                      latency_spread={"torch-cpu": 0.05, "onnxruntime-cpu": 0.02}),
+            ReportRow("pruned", "b", "torch", 0.4, 0.6, 50, 1.0, {"torch-cpu": 5.0, "onnxruntime-cpu": 4.0},
+                      latency_spread={"torch-cpu": 0.45, "onnxruntime-cpu": 0.03})]
+    _, cells = report_table(rows)
+    assert cells[0][5:] == ["10.00 ±5%", "8.00 ±2%"]
+    assert cells[1][5:] == ["5.00 ±45% (noisy)", "4.00 ±3% (2.00x)"]
+    record = rows[1].to_dict(rows[0])
+    assert record["vs_original"]["speedup"] == {"torch-cpu": None, "onnxruntime-cpu": 2.0}
+    assert record["latency_noisy"] == {"torch-cpu": True, "onnxruntime-cpu": False}
+
+
 def test_report_end_to_end(tiny_demo, runs, tmp_path: Path) -> None:
     root, _, val = tiny_demo
     common = [f"data.path={root}", f"img_size={SIZE}", "latency.runs=2", "latency.rounds=1", "latency.threads=1"]

@@ -103,7 +103,8 @@ def _latency_settings(cfg: DictConfig) -> LatencySettings:
     return LatencySettings(backends, threads, config_number(lat, "batch_size", int, 1, prefix="latency."),
                            config_number(lat, "warmup", int, 0, optional=True, prefix="latency."),
                            config_number(lat, "runs", int, 1, prefix="latency."),
-                           config_number(lat, "rounds", int, 1, prefix="latency."))
+                           config_number(lat, "rounds", int, 1, prefix="latency."),
+                           config_number(lat, "max_spread", float, 0.0, prefix="latency."))
 
 
 def report(cfg: DictConfig, entries: list[tuple[str, str | None]], out: str | Path) -> dict[str, Any]:

@@ -19,7 +19,6 @@ estimated.
 from __future__ import annotations
 
 import json
-import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 
 from amc.errors import ConfigError
-from amc.eval.latency import DEFAULT_WARMUP, latency_session, run_interleaved
+from amc.eval.latency import DEFAULT_MAX_SPREAD, DEFAULT_WARMUP, Latency, latency_session, run_interleaved
 from amc.export.onnx import OnnxDetector
 from amc.models import load_model
 from amc.models.arch import Architecture
@@ -73,17 +72,32 @@ class ReportRow:
     gflops: float | None
     latency_ms: dict[str, float | None] = field(default_factory=dict)
     int8: str | None = None  # an INT8 graph's scales: "qat" (learned) or its calibration method; None: float
+    latency_spread: dict[str, float | None] = field(default_factory=dict)  # IQR / median of each backend's passes
+    max_spread: float = DEFAULT_MAX_SPREAD  # beyond it a timing is noise: no speed-up is computed from it
+
+    def noisy(self, backend: str) -> bool:
+        """Whether this row's timing on ``backend`` spreads too much to compare (unknown spread: not noisy)."""
+        spread = self.latency_spread.get(backend)
+        return spread is not None and spread > self.max_spread
+
+    def speedup(self, reference: "ReportRow", backend: str) -> float | None:
+        """How many times faster than ``reference`` on ``backend``; None when unknown or either timing is noise."""
+        if self.noisy(backend) or reference.noisy(backend):
+            return None
+        return _ratio(reference.latency_ms.get(backend), self.latency_ms.get(backend))
 
     def to_dict(self, reference: "ReportRow | None" = None) -> dict[str, Any]:
         out: dict[str, Any] = {"label": self.label, "source": self.source, "kind": self.kind,
                                "map50_95": self.map50_95, "map50": self.map50, "params": self.params,
-                               "gflops": self.gflops, "latency_ms": dict(self.latency_ms), "int8": self.int8}
+                               "gflops": self.gflops, "latency_ms": dict(self.latency_ms), "int8": self.int8,
+                               "latency_spread": dict(self.latency_spread),
+                               "latency_noisy": {b: self.noisy(b) for b in self.latency_ms}}
         if reference is not None:
             out["vs_" + reference.label] = {
                 "map50_95_delta": self.map50_95 - reference.map50_95,
                 "params_ratio": _ratio(self.params, reference.params),
                 "flops_ratio": _ratio(self.gflops, reference.gflops),
-                "speedup": {b: _ratio(reference.latency_ms.get(b), ms) for b, ms in self.latency_ms.items()},
+                "speedup": {b: self.speedup(reference, b) for b in self.latency_ms},
             }
         return out
 
@@ -158,6 +172,7 @@ class LatencySettings:
     warmup: int | None = None
     runs: int = 30
     rounds: int = 5
+    max_spread: float = DEFAULT_MAX_SPREAD  # a timing spreading more (IQR / median) is too noisy for a speed-up
 
 
 def _cuda_available() -> bool:
@@ -165,10 +180,11 @@ def _cuda_available() -> bool:
 
 
 def measure_latencies(entries: Sequence[ReportModel], img_size: int, settings: LatencySettings,
-                      cuda_device: str | torch.device | None = None) -> dict[str, dict[str, float | None]]:
-    """label -> backend -> median ms. Every backend times its entries interleaved; torch-cuda only with CUDA."""
+                      cuda_device: str | torch.device | None = None) -> dict[str, dict[str, Latency | None]]:
+    """label -> backend -> its :class:`Latency` (median and spread). Every backend times its entries
+    interleaved; torch-cuda only with CUDA."""
     shape = (int(settings.batch_size), 3, int(img_size), int(img_size))
-    out: dict[str, dict[str, float | None]] = {e.label: {} for e in entries}
+    out: dict[str, dict[str, Latency | None]] = {e.label: {} for e in entries}
     for backend in settings.backends:
         if backend == "torch-cuda" and not _cuda_available():
             continue  # "CUDA when present": the column is left out, and the report says so
@@ -179,9 +195,10 @@ def measure_latencies(entries: Sequence[ReportModel], img_size: int, settings: L
                       for e in runnable}
             warmup = DEFAULT_WARMUP[backend] if settings.warmup is None else int(settings.warmup)
             times = run_interleaved(timers, warmup, settings.runs, settings.rounds)
+            threads = session.threads
         for e in entries:
             ms = times.get(e.label)
-            out[e.label][backend] = statistics.median(ms) if ms else None
+            out[e.label][backend] = Latency.of(ms, threads, backend) if ms else None
     return out
 
 
@@ -214,7 +231,10 @@ def deployment_report(entries: Sequence[ReportModel], evaluator: Any, img_size: 
     # the latency timers copy a model to the backend's device when it is elsewhere
     latencies = measure_latencies(entries, img_size, latency, cuda_device=device if device.type == "cuda" else None)
     for row in rows:
-        row.latency_ms = latencies[row.label]
+        timed = latencies[row.label]
+        row.latency_ms = {b: None if t is None else t.median_ms for b, t in timed.items()}
+        row.latency_spread = {b: None if t is None else t.spread for b, t in timed.items()}
+        row.max_spread = latency.max_spread
     return rows
 
 
@@ -245,8 +265,24 @@ def report_table(rows: Sequence[ReportRow]) -> tuple[list[str], list[list[str]]]
                       rel(None if r.params is None else r.params / 1e6, None if ref.params is None else ref.params / 1e6,
                           ".3f"),
                       rel(r.gflops, ref.gflops, ".2f"),
-                      *[rel(r.latency_ms.get(b), ref.latency_ms.get(b), ".2f", invert=True) for b in backends]])
+                      *[_latency_cell(r, ref, b) for b in backends]])
     return columns, table
+
+
+def _latency_cell(row: ReportRow, ref: ReportRow, backend: str) -> str:
+    """``12.34 ±4%`` (median, IQR / median), then ``(1.52x)`` against the first row, or ``(noisy)`` when either
+    timing spreads too much for a speed-up."""
+    ms = row.latency_ms.get(backend)
+    if ms is None:
+        return "-"
+    spread = row.latency_spread.get(backend)
+    text = f"{ms:.2f}" if spread is None else f"{ms:.2f} ±{spread:.0%}"
+    if row is ref:
+        return text
+    ratio = row.speedup(ref, backend)
+    if ratio is None:
+        return f"{text} (noisy)" if row.noisy(backend) or ref.noisy(backend) else text
+    return f"{text} ({ratio:.2f}x)"
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
