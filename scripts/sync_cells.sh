@@ -9,6 +9,7 @@
 set -euo pipefail
 RUN_DIR=${1:?usage: bash scripts/sync_cells.sh RUN_DIR RESULTS_DIR}
 DEST=${2:?usage: bash scripts/sync_cells.sh RUN_DIR RESULTS_DIR}
+mkdir -p "$DEST" && DEST=$(cd "$DEST" && pwd)  # absolute: the copies are made from inside RUN_DIR
 cd "$RUN_DIR"
 n=0
 for cell in cells/*/*/seed*.json; do
