@@ -16,7 +16,7 @@ resume, and whoever reads the folder, sees the settings the run really used.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,18 +124,19 @@ def _select(node: Any, key: str) -> Any:
     return node
 
 
-def _first_difference(key: str, had: Any, asked: Any) -> tuple[str, Any, Any] | None:
-    """The first leaf (dotted key, value in the run, value asked) where two settings differ, or None."""
+def differences(had: Any, asked: Any, key: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """Every leaf (dotted key, value in ``had``, value in ``asked``) where two plain settings differ: ``had``'s keys
+    in order, then the keys only ``asked`` has; a side without the key gives ``_ABSENT`` (:func:`show`: "not set").
+    """
     if isinstance(had, dict) and isinstance(asked, dict):
         for k in list(had) + [k for k in asked if k not in had]:
-            found = _first_difference(f"{key}.{k}", had.get(k, _ABSENT), asked.get(k, _ABSENT))
-            if found:
-                return found
-        return None
+            yield from differences(had.get(k, _ABSENT), asked.get(k, _ABSENT), f"{key}.{k}" if key else str(k))
+        return
     same = had == asked and type(had) is type(asked) or (
         isinstance(had, (int, float)) and isinstance(asked, (int, float))
         and not isinstance(had, bool) and not isinstance(asked, bool) and had == asked)
-    return None if same else (key, had, asked)
+    if not same:
+        yield key, had, asked
 
 
 def _override_key(override: Any) -> str:
@@ -173,7 +174,7 @@ def check_resume(rule: ResumeRule, cfg: DictConfig, overrides: Sequence[Any], gr
             changes[key] = asked
             continue
         had = _select(saved, key)
-        diff = _first_difference(key, had, asked)
+        diff = next(differences(had, asked, key), None)
         if diff is not None:
             leaf, had_leaf, asked_leaf = diff
             which = f" ({o.input_line})" if key in groups or leaf != key else ""

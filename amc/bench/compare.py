@@ -53,6 +53,7 @@ from amc.pruning.budget import Budget, BudgetEnforcer, global_threshold_widths
 from amc.pruning.physical import prune_model
 from amc.pruning.selection import ChannelSelection, top_channels
 from amc.pruning.space import PruningSpace
+from amc.resume import differences, show
 from amc.reward.latency_table import LatencyTable
 from amc.reward.proxy import proxy_settings, recalibrate_batch_norm
 from amc.search.resume import RESULT_NEUTRAL
@@ -304,27 +305,15 @@ def _pop_dotted(tree: dict[str, Any], key: str) -> None:
     tree.pop(leaf, None)
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as ``{"a.b.c": value}`` (lists and scalars are values)."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
 def _changed_settings(recorded: Any, current: dict[str, Any], shown: int = 4) -> str:
-    """`` (key: A there, B here; ...)`` for the settings a cell was computed with that differ from this run's.
+    """`` (key: A there, B here; ...)`` for the settings a cell was computed with that differ from this run's
+    (compared and written as a refused ``resume=`` names them, :func:`amc.resume.differences`).
 
     Empty when the cell does not record its settings (cells written before they did).
     """
     if not isinstance(recorded, dict):
         return ""
-    old, new = _flatten(recorded), _flatten(current)
-    missing = object()
-    diffs = [f"{key}: {old.get(key, 'absent')} there, {new.get(key, 'absent')} here"
-             for key in sorted(set(old) | set(new)) if old.get(key, missing) != new.get(key, missing)]
+    diffs = [f"{key}: {show(old)} there, {show(new)} here" for key, old, new in differences(recorded, current)]
     more = f"; and {len(diffs) - shown} more" if len(diffs) > shown else ""
     return f" ({'; '.join(diffs[:shown])}{more})" if diffs else ""
 
@@ -557,8 +546,9 @@ class CompareBench:
         t0 = time.perf_counter()
         record["map_full"], record["map_finetuned"] = self._score(prune_model(setup.model, space, selection), seed)
         record["score_s"] = time.perf_counter() - t0
-        record.update(budget=budget.key, method=method, seed=seed, fingerprint=self._cell_fingerprint(cfg),
-                      settings=self._result_settings(cfg),
+        settings = self._result_settings(cfg)
+        record.update(budget=budget.key, method=method, seed=seed, fingerprint=_fingerprint(settings),
+                      settings=settings,
                       machine=_machine(self.device),
                       kept=[int(w) for w in selection.widths])
         return record
