@@ -184,3 +184,35 @@ def test_max_nms_keeps_the_best_candidates(nms_io: dict[str, torch.Tensor]) -> N
     # full run does, and keeps nothing else.
     assert 0 < len(capped) < len(full)
     assert torch.equal(capped, full[full[:, 4] >= cut])
+
+
+@pytest.mark.parametrize("setting", sorted(NMS_META["settings"]))
+def test_numpy_cpu_path_equals_the_torch_path(nms_io: dict[str, torch.Tensor], setting: str) -> None:
+    # On the CPU non_max_suppression runs in numpy; the torch path (other devices) must give the same rows bit for
+    # bit. The fixture's predictions and a sharper copy (more candidates, more overlaps) at the proxy's settings.
+    kwargs = {**OFFICIAL_DEFAULTS, **NMS_META["settings"][setting]}
+    for pred in (nms_io["pred"], nms_io["pred"] * torch.tensor([1.0, 1.0, 1.3, 1.3, 2.0] + [1.0] * 80)):
+        for options in ({}, {"classes": [3, 7]}, {"max_nms": 150}, {"conf_thres": 0.01, "max_det": 100}):
+            merged = {**kwargs, **options}
+            fast = non_max_suppression(pred, max_det=merged.pop("max_det", NMS_META["max_det"]), **merged)
+            for x, det in zip(pred, fast):
+                wanted = (torch.tensor(merged["classes"], dtype=x.dtype) if "classes" in merged else None)
+                multi_label = merged["multi_label"] and x.shape[1] > 6
+                ref = nms_module._image_detections(
+                    x[x[:, 4] > merged["conf_thres"]], merged["conf_thres"], merged["iou_thres"], wanted,
+                    merged["agnostic"], multi_label, options.get("max_det", NMS_META["max_det"]), 4096,
+                    merged.get("max_nms", 30000))
+                assert torch.equal(det, ref), (setting, options)
+
+
+def test_scale_boxes_numpy_cpu_path_equals_torch() -> None:
+    # CPU boxes are scaled in numpy; the torch steps (other devices) give the same values bit for bit.
+    boxes32 = torch.rand(50, 4, generator=torch.Generator().manual_seed(0)) * 700 - 50
+    for boxes in (boxes32, boxes32.double()):
+        for ratio_pad, shape in ((((0.8, 0.8), (16, 40)), (375, 500)), ((0.3333, (0.5, 21.5)), (640, 427))):
+            gain = ratio_pad[0] if isinstance(ratio_pad[0], float) else ratio_pad[0][0]
+            (pad_w, pad_h), (h0, w0) = ratio_pad[1], shape
+            x = ((boxes[:, 0::2] - pad_w) / gain).clamp(0, w0)
+            y = ((boxes[:, 1::2] - pad_h) / gain).clamp(0, h0)
+            expected = torch.stack((x[:, 0], y[:, 0], x[:, 1], y[:, 1]), 1)
+            assert torch.equal(scale_boxes(boxes, ratio_pad, shape), expected)

@@ -7,6 +7,11 @@ per-image post-processing of decoded YOLO outputs (objectness filter, ``obj x cl
 multi-label expansion, class-aware NMS by offsetting boxes per class), and reproduces the official
 output row for row (``tests/test_nms.py``), without the official wall-clock time limit so that results
 never depend on the machine's speed.
+
+On the CPU both run in numpy rather than torch: an image holds a few hundred candidates, where each torch call's
+fixed cost (~5-10 us) outweighs its arithmetic, and the proxy evaluator runs NMS on 200 images per episode
+(numpy: 2.5x faster on the demo's episodes, the same rows bit for bit, since every step is the same IEEE
+float32 operation in the same order). Other devices, half precision and large candidate sets keep the torch path.
 """
 
 from __future__ import annotations
@@ -74,6 +79,39 @@ def _greedy_within(overlaps: np.ndarray) -> np.ndarray:
     return ~suppressed
 
 
+def _iou_above_numpy(boxes: np.ndarray, threshold: float) -> np.ndarray:
+    """``(m, m)`` matrix of ``IoU > threshold`` of corner boxes, the arithmetic of :func:`box_iou` in numpy."""
+    x1, y1, x2, y2 = boxes.T
+    area = (x2 - x1) * (y2 - y1)
+    inter = np.minimum(x2[:, None], x2[None, :]) - np.maximum(x1[:, None], x1[None, :])
+    np.maximum(inter, 0, out=inter)
+    h = np.minimum(y2[:, None], y2[None, :]) - np.maximum(y1[:, None], y1[None, :])
+    np.maximum(h, 0, out=h)
+    inter *= h
+    union = (area[:, None] + area[None, :]) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 of degenerate boxes: NaN, never above
+        inter /= union
+    # ``threshold`` is representable in the boxes' dtype (_threshold_in), so numpy's weak-scalar comparison
+    # in that dtype is exact.
+    return inter > threshold
+
+
+def _nms_numpy(boxes: np.ndarray, scores: np.ndarray, threshold: float, max_keep: int | None) -> np.ndarray:
+    """:func:`nms` of a small CPU candidate set in numpy, all boxes in one IoU matrix: kept indices."""
+    order = np.argsort(-scores, kind="stable")  # descending, equal scores in input order (as torch's stable sort)
+    overlaps = _iou_above_numpy(boxes[order], threshold)
+    suppressed = np.zeros(len(order), dtype=bool)
+    kept: list[int] = []
+    for i in range(len(order)):
+        if suppressed[i]:
+            continue
+        kept.append(i)
+        if len(kept) == max_keep:
+            break
+        suppressed |= overlaps[i]  # marks earlier boxes too: they are decided already
+    return order[np.asarray(kept, dtype=np.int64)]
+
+
 def nms(boxes: Tensor, scores: Tensor, iou_thres: float, max_keep: int | None = None) -> Tensor:
     """Greedy non-maximum suppression: indices of the kept boxes, in descending score order.
 
@@ -99,6 +137,9 @@ def nms(boxes: Tensor, scores: Tensor, iou_thres: float, max_keep: int | None = 
     if boxes.dtype not in (torch.float32, torch.float64):
         boxes = boxes.float()  # torchvision's CPU kernel has no half precision either
     n = boxes.shape[0]
+    if boxes.device.type == "cpu" and n <= _MAX_BLOCK:  # one block: the same greedy steps, in numpy
+        threshold = _threshold_in(boxes.dtype, iou_thres)
+        return torch.from_numpy(_nms_numpy(boxes.numpy(), scores.numpy(), threshold, max_keep))
     order = torch.sort(scores, descending=True, stable=True).indices
     sorted_boxes = boxes[order]
     threshold = _threshold_in(boxes.dtype, iou_thres)
@@ -157,9 +198,40 @@ def non_max_suppression(prediction: Tensor, conf_thres: float = 0.001, iou_thres
     """
     nc = prediction.shape[2] - 5
     multi_label = multi_label and nc > 1
+    if prediction.device.type == "cpu" and prediction.dtype in (torch.float32, torch.float64):
+        pred = prediction.detach().numpy()
+        wanted_np = None if classes is None else np.asarray(classes, dtype=pred.dtype)
+        return [torch.from_numpy(_image_detections_numpy(x[x[:, 4] > conf_thres], conf_thres, iou_thres, wanted_np,
+                                                         agnostic, multi_label, max_det, max_wh, max_nms))
+                for x in pred]
     wanted = None if classes is None else torch.tensor(classes, device=prediction.device, dtype=prediction.dtype)
     return [_image_detections(x[x[:, 4] > conf_thres], conf_thres, iou_thres, wanted, agnostic, multi_label,
                               max_det, max_wh, max_nms) for x in prediction]
+
+
+def _image_detections_numpy(x: np.ndarray, conf_thres: float, iou_thres: float, classes: np.ndarray | None,
+                            agnostic: bool, multi_label: bool, max_det: int, max_wh: int, max_nms: int) -> np.ndarray:
+    """:func:`_image_detections` in numpy, step for step (the CPU path): one image's ``(n, 6)`` detections."""
+    dtype = x.dtype.type
+    if not len(x):
+        return np.zeros((0, 6), dtype=x.dtype)
+    cls_conf = np.broadcast_to(x[:, 4:5], (len(x), x.shape[1] - 5)) if x.shape[1] == 6 else x[:, 5:] * x[:, 4:5]
+    xy, half = x[:, 0:2], x[:, 2:4] / dtype(2)  # xywh_to_xyxy's arithmetic
+    box = np.concatenate((xy - half, xy + half), 1)
+    if multi_label:
+        i, j = (cls_conf > conf_thres).nonzero()
+        det = np.concatenate((box[i], cls_conf[i, j, None], j[:, None].astype(x.dtype)), 1)
+    else:
+        j = cls_conf.argmax(1)[:, None]
+        conf = np.take_along_axis(cls_conf, j, 1)
+        det = np.concatenate((box, conf, j.astype(x.dtype)), 1)[conf[:, 0] > conf_thres]
+    if classes is not None:
+        det = det[(det[:, 5:6] == classes).any(1)]
+    if len(det) > max_nms:
+        det = det[_top_rows(torch.from_numpy(det[:, 4]), max_nms).numpy()]
+    offset = det[:, 5:6] * dtype(0 if agnostic else max_wh)
+    keep = nms(torch.from_numpy(det[:, :4] + offset), torch.from_numpy(det[:, 4]), iou_thres, max_keep=max_det)
+    return det[keep.numpy()]
 
 
 def _image_detections(x: Tensor, conf_thres: float, iou_thres: float, classes: Tensor | None, agnostic: bool,
@@ -220,6 +292,13 @@ def scale_boxes(boxes: Tensor, ratio_pad: tuple[Sequence[float] | float, Sequenc
     if not isinstance(gain, Real):
         gain = gain[0]
     h0, w0 = original_shape
+    if boxes.device.type == "cpu" and boxes.dtype in (torch.float32, torch.float64):
+        # The same steps in numpy (called once per image, where torch's per-call cost dominates). Python
+        # scalars keep the boxes' dtype in both libraries, so the results are bit-identical.
+        b = boxes.detach().numpy()
+        x = np.clip((b[:, 0::2] - float(pad_w)) / float(gain), 0, float(w0))
+        y = np.clip((b[:, 1::2] - float(pad_h)) / float(gain), 0, float(h0))
+        return torch.from_numpy(np.stack((x[:, 0], y[:, 0], x[:, 1], y[:, 1]), 1))
     x = ((boxes[:, 0::2] - pad_w) / gain).clamp(0, w0)
     y = ((boxes[:, 1::2] - pad_h) / gain).clamp(0, h0)
     return torch.stack((x[:, 0], y[:, 0], x[:, 1], y[:, 1]), 1)

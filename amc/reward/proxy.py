@@ -179,9 +179,11 @@ class ProxyEvaluator:
             self.bn_batches = [images.to(self.device) for images, _ in batches]
         self.masks = ChannelMasks(self.model, space) if s.path == "masked" else None
         self.recovery = ShortRecovery(self.model, self.bn_batches, s.recovery)
-        # The unpruned BatchNorm state, restored after every episode (adaptive BN overwrites it).
-        self._bn_state = {k: v.clone() for k, v in self.model.state_dict().items()
-                          if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+        # The unpruned BatchNorm state, restored after every episode (adaptive BN overwrites it), as (live buffer,
+        # saved copy) pairs: copying them back directly costs well under a millisecond, load_state_dict's walk
+        # over every module several.
+        self._bn_state = [(v, v.clone()) for k, v in self.model.state_dict(keep_vars=True).items()
+                          if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
 
     @property
     def num_images(self) -> int:
@@ -224,7 +226,9 @@ class ProxyEvaluator:
         """The unpruned model again: all channels, original weights and BatchNorm statistics."""
         if self.masks is not None:
             self.masks.reset()
-        self.model.load_state_dict(self._bn_state, strict=False)
+        with torch.no_grad():
+            for live, saved in self._bn_state:
+                live.copy_(saved)
 
     def close(self) -> None:
         """Remove the masks' hooks; the model is as it was given."""
