@@ -459,3 +459,30 @@ def test_what_a_search_shows_saves_or_reports_is_not_part_of_a_cell_fingerprint(
     moved = CompareBench(changed, tmp_path / "c")
     assert _changed_settings(base._result_settings(base.cfgs[key]), moved._result_settings(moved.cfgs[key])) == (
         " (search.ratio_bounds: [0.0, 0.8] there, [0.0, 0.7] here)")
+
+
+def test_a_finished_cells_model_is_rebuilt_with_the_channels_it_was_scored_with(finished, tmp_path):
+    """scripts/finetune_cells.py fine-tunes each cell's pruned model again (issue 20, item 5): CompareBench.cell_model
+    rebuilds it from the cell (searches: recorded ratios through the criterion; baselines: recomputed) and refuses a
+    cell whose rebuilt widths differ from the recorded ones."""
+    out, _ = finished
+    bench = CompareBench(tiny_cfg("bench.resume=" + str(out)), out)
+    for method in METHODS:
+        model, source = bench.cell_model("0.7", method, 1, tmp_path / method)
+        record = json.loads((out / "cells" / "flops-0.7" / method / "seed1.json").read_text())
+        assert bench.space.cost(record["kept"]).macs == model.cost(bench.space.img_size).macs, method
+        assert source == bench.source
+    copy = tmp_path / "copy"
+    shutil.copytree(out / "cells", copy / "cells")
+    cell = copy / "cells" / "flops-0.7" / "ddpg" / "seed1.json"
+    record = json.loads(cell.read_text())
+    record["ratios"] = [0.0] * len(record["ratios"])  # not the policy it recorded
+    cell.write_text(json.dumps(record))
+    tampered = CompareBench(tiny_cfg("bench.resume=" + str(copy)), copy)
+    with pytest.raises(ConfigError, match="the rebuilt policy keeps"):
+        tampered.cell_model("0.7", "ddpg", 1, tmp_path / "t")
+    (copy / "cells" / "flops-0.7" / "uniform" / "seed0.json").unlink()
+    with pytest.raises(ConfigError, match="has not finished"):
+        tampered.cell_model("0.7", "uniform", 0, tmp_path / "t")
+    with pytest.raises(ConfigError, match="no cell"):
+        tampered.cell_model("0.7", "ddpg", 5, tmp_path / "t")

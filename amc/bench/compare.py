@@ -577,34 +577,66 @@ class CompareBench:
         # the search's own building path (the parallel workers use it too): model, space, criterion, evaluator
         setup.build_env()
         try:
-            space = setup.space
             t0 = time.perf_counter()
-            if method == "uniform":
-                if budget.metric == "flops":
-                    ratios = uniform_policy(space, budget.fraction).ratios
-                else:  # the smallest constant ratio under the latency budget, as the search's environment finds it
-                    ratios = np.full(len(space), setup.env.unwrapped.uniform_ratio())
-                selection = setup.criterion.select(space.kept_channels(ratios))
-            else:
-                if budget.metric == "flops":
-                    found = global_magnitude_policy(setup.model, space, budget.fraction)
-                    kept, scores = found.kept, found.scores
-                else:
-                    scores = global_magnitude_policy(setup.model, space, 1.0).scores
-                    kept = _global_kept_within(space, scores, lambda w: setup.latency_table.estimate(w),
-                                               budget.fraction)
-                ratios = ratios_for_widths(space, np.asarray(kept))
-                # the global ranking removes its lowest-scoring channels: its own scores pick them
-                selection = ChannelSelection(top_channels(scores, kept))
+            ratios, selection = self._baseline_selection(setup, budget, method)
             wall_s = time.perf_counter() - t0
             map_proxy = self._proxy_map(setup, ratios, selection)
         finally:
-            close = getattr(setup.evaluate, "close", None)
-            if close is not None:
-                close()  # the proxy leaves the model as it found it (no masks) for the full-val scoring
+            _close_evaluator(setup)  # the proxy leaves the model as it found it (no masks) for the full-val scoring
         record = {"map_proxy": map_proxy, "wall_s": wall_s, "episodes_to_95": None, "curve": None,
                   "ratios": [float(r) for r in ratios]}
         return record, setup, selection
+
+    def _baseline_selection(self, setup: SearchSetup, budget: CompareBudget, method: str):  # noqa: ANN202
+        """A baseline's ratios and channels on ``setup``'s model (uniform: by the search's criterion; global
+        magnitude: by its own scores)."""
+        space = setup.space
+        if method == "uniform":
+            if budget.metric == "flops":
+                ratios = uniform_policy(space, budget.fraction).ratios
+            else:  # the smallest constant ratio under the latency budget, as the search's environment finds it
+                ratios = np.full(len(space), setup.env.unwrapped.uniform_ratio())
+            return ratios, setup.criterion.select(space.kept_channels(ratios))
+        if budget.metric == "flops":
+            found = global_magnitude_policy(setup.model, space, budget.fraction)
+            kept, scores = found.kept, found.scores
+        else:
+            scores = global_magnitude_policy(setup.model, space, 1.0).scores
+            kept = _global_kept_within(space, scores, lambda w: setup.latency_table.estimate(w), budget.fraction)
+        # the global ranking removes its lowest-scoring channels: its own scores pick them
+        return ratios_for_widths(space, np.asarray(kept)), ChannelSelection(top_channels(scores, kept))
+
+    def cell_model(self, budget_key: str, method: str, seed: int, work_dir: Path):  # noqa: ANN201 (a YOLOv7)
+        """A finished cell's pruned model, rebuilt from its record: the channels it was scored with.
+
+        The searches' policies are their recorded ratios through the search's criterion; the baselines are
+        recomputed (they are deterministic). Raises a ConfigError when the cell is missing, was computed with other
+        settings, or the rebuilt widths differ from the recorded ones.
+        """
+        budget = next((b for b in self.budgets if b.key == budget_key), None)
+        if budget is None or method not in self.methods or seed not in self.seeds:
+            raise ConfigError(f"no cell budget {budget_key}, {method}, seed {seed} in this bench's settings")
+        path = self.cell_path(budget, method, seed)
+        if not path.is_file():
+            raise ConfigError(f"{path}: this cell has not finished")
+        record = json.loads(path.read_text())
+        cfg = self.cfgs[(budget.key, method, seed)]
+        if record.get("fingerprint") != self._cell_fingerprint(cfg):
+            raise ConfigError(f"{path} was computed with other settings than these"
+                              f"{_changed_settings(record.get('settings'), self._result_settings(cfg))}")
+        setup = SearchSetup(cfg, work_dir)
+        setup.build_env()
+        try:
+            if method in SEARCH_METHODS:
+                selection = setup.criterion.select(setup.space.kept_channels(np.asarray(record["ratios"])))
+            else:
+                selection = self._baseline_selection(setup, budget, method)[1]
+        finally:
+            _close_evaluator(setup)
+        widths = [int(w) for w in selection.widths]
+        if widths != record["kept"]:
+            raise ConfigError(f"{path}: the rebuilt policy keeps {widths}, the cell recorded {record['kept']}")
+        return prune_model(setup.model, setup.space, selection), setup.source
 
     @staticmethod
     def _proxy_map(setup, ratios: np.ndarray, selection) -> float:  # noqa: ANN001
@@ -778,6 +810,13 @@ class CompareBench:
         svg = line_svg(series, title=f"best-so-far proxy mAP@0.5:0.95 per episode, mean over the seeds",
                        x_label="episode", y_label="best proxy mAP so far")
         return atomic_write_text(self.out / "reward_curves.svg", svg)
+
+
+def _close_evaluator(setup: SearchSetup) -> None:
+    """Release a setup's evaluator (the proxy's masks and BN state), if it holds any."""
+    close = getattr(setup.evaluate, "close", None)
+    if close is not None:
+        close()
 
 
 def _global_kept_within(space, scores: Sequence[Any], cost, fraction: float) -> np.ndarray:  # noqa: ANN001

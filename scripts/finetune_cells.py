@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Does the bench's ranking survive a real fine-tune? (issue 20, item 5)
+
+`amc-bench bench=compare` judges every policy by a short fine-tune (1 epoch on 1000 images). A user runs the default
+`amc-finetune` instead (5 epochs on every training image, with distillation). This script takes the finished cells
+of a bench=compare run directory, rebuilds each cell's pruned model exactly (the channels it was scored with,
+checked against the widths the cell recorded), fine-tunes it with the default `amc-finetune` (its own process, one
+after the other; the fine-tune's seed is the cell's seed) and says whether the order of the methods holds.
+
+Usage:
+    python scripts/finetune_cells.py RUN_DIR OUT_DIR [--budget 0.5] [--seeds 0 1 2 3]
+                                     [--methods ddpg random uniform global_magnitude] [-- FINETUNE_OVERRIDE ...]
+
+    RUN_DIR   a bench=compare run directory (or docs/results/compare-heldout: its cells/ is all it reads)
+    OUT_DIR   models/<method>-seed<k>/ (the rebuilt pruned models), finetune/<method>-seed<k>/ (each amc-finetune
+              run directory), logs/, results.json and results.md. Run the same command again to continue: a finished
+              fine-tune is read back, an interrupted one resumes (amc-finetune resume=).
+    FINETUNE_OVERRIDE  given to every amc-finetune, e.g. device=cuda, or epochs=1 train_images=16 for a smoke test
+                       (results are then not the default fine-tune's, and results.json records the overrides).
+
+Reported per method: the default fine-tune's best mAP@0.5:0.95 (amc-finetune keeps the best epoch by val fitness),
+its last epoch's mAP (no choice made on the val images), and the bench's 1-epoch mAP of the same policy; per seed,
+whether DDPG is ahead of each other method under both fine-tunes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from amc.atomic import atomic_write_json, atomic_write_text
+from amc.bench.compare import METHODS, CompareBench
+from amc.config import compose_config
+from amc.models.io import save_model
+
+
+def _bench(run_dir: Path, budget: str, seeds: list[int], methods: list[str]) -> CompareBench:
+    """The bench=compare of ``run_dir`` with the shipped defaults, restricted to these cells."""
+    overrides = ["bench=compare", f"bench.resume={run_dir}", f"bench.budgets=[{budget}]",
+                 f"bench.seeds={max(seeds) + 1}", "seed=0", f"bench.methods=[{','.join(methods)}]"]
+    cfg = compose_config("bench", overrides, f"bench=compare does not compose with {overrides}")
+    return CompareBench(cfg, run_dir)
+
+
+def _finetune(python: str, model_dir: Path, run: Path, seed: int, overrides: list[str], log: Path) -> dict[str, Any]:
+    """The default amc-finetune of one pruned model in its own process (resumed if it was interrupted)."""
+    metrics = run / "metrics.json"
+    if not metrics.is_file():
+        if (run / "trainer_state.pt").is_file():
+            args = [f"resume={run}"]
+        else:
+            args = [f"model.path={model_dir}", f"seed={seed}", f"hydra.run.dir={run}", "progress=false", *overrides]
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a") as out:
+            done = subprocess.run([python, "-m", "amc.cli.finetune", *args], stdout=out, stderr=subprocess.STDOUT,
+                                  check=False)
+        if done.returncode != 0 or not metrics.is_file():
+            sys.exit(f"error: amc-finetune of {model_dir} failed (exit {done.returncode}); see {log}")
+    return json.loads(metrics.read_text())
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("out_dir", type=Path)
+    ap.add_argument("--budget", default="0.5")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--python", default=sys.executable, help="the interpreter amc is installed in")
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)  # amc-finetune overrides follow a "--"
+    a = ap.parse_args(argv[:cut])
+    a.overrides = argv[cut + 1:]
+    run_dir, out = a.run_dir.resolve(), a.out_dir.resolve()
+    bench = _bench(run_dir, a.budget, a.seeds, a.methods)
+    cells: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in a.methods}
+    for seed in a.seeds:  # seed-major: an interrupted run has whole seeds first
+        for method in a.methods:
+            name = f"{method}-seed{seed}"
+            model_dir = out / "models" / name
+            if not model_dir.is_dir():
+                with tempfile.TemporaryDirectory() as work:
+                    model, source = bench.cell_model(a.budget, method, seed, Path(work))
+                save_model(model, model_dir, extra={"pruned_from": source, "bench_cell": f"{a.budget}/{name}"})
+            print(f"fine-tuning {name} (budget {a.budget}) ...", flush=True)
+            metrics = _finetune(a.python, model_dir, out / "finetune" / name, seed, a.overrides,
+                                out / "logs" / f"{name}.log")
+            record = json.loads(bench.cell_path(next(b for b in bench.budgets if b.key == a.budget), method,
+                                                seed).read_text())
+            cells[method][seed] = {"best": metrics["best_map50_95"], "best_epoch": metrics["best_epoch"],
+                                   "last": metrics["history"][-1].get("map50_95"), "epochs": metrics["epochs"],
+                                   "bench_1epoch": record["map_finetuned"], "seconds": metrics["seconds"]}
+            print(f"  {name}: default fine-tune best {cells[method][seed]['best']:.4f} (epoch "
+                  f"{metrics['best_epoch']}), last {cells[method][seed]['last']:.4f}; bench 1-epoch "
+                  f"{record['map_finetuned']:.4f}", flush=True)
+    summary: dict[str, Any] = {}
+    for method, by_seed in cells.items():
+        summary[method] = {k: _mean_std([c[k] for c in by_seed.values()]) for k in ("best", "last", "bench_1epoch")}
+    orders = {k: sorted(a.methods, key=lambda m: -summary[m][k][0]) for k in ("best", "last", "bench_1epoch")}
+    ddpg_ahead = {}
+    if "ddpg" in a.methods:
+        for other in (m for m in a.methods if m != "ddpg"):
+            ddpg_ahead[other] = {k: sum(cells["ddpg"][s][k] > cells[other][s][k] for s in a.seeds)
+                                 for k in ("best", "last", "bench_1epoch")}
+    results = {"budget": a.budget, "seeds": a.seeds, "methods": a.methods, "finetune_overrides": a.overrides,
+               "cells": cells, "summary": summary, "order": orders, "order_holds": orders["best"] == orders["bench_1epoch"],
+               "ddpg_ahead_in_seeds": ddpg_ahead, "run_dir": str(run_dir)}
+    atomic_write_json(out / "results.json", results)
+    lines = [f"# Default amc-finetune of the bench=compare policies at {a.budget} FLOPs, seeds {a.seeds}", "",
+             f"amc-finetune overrides: {a.overrides or 'none (the default fine-tune)'}", "",
+             "| method | default fine-tune, best epoch | default fine-tune, last epoch | bench 1-epoch |",
+             "| --- | ---: | ---: | ---: |"]
+    for m in a.methods:
+        lines.append(f"| {m} | " + " | ".join(f"{summary[m][k][0]:.4f} ± {summary[m][k][1]:.4f}"
+                                              for k in ("best", "last", "bench_1epoch")) + " |")
+    lines += ["", f"Order by mean: default (best) {orders['best']}, default (last) {orders['last']}, bench 1-epoch "
+              f"{orders['bench_1epoch']}: the order {'holds' if results['order_holds'] else 'changes'}."]
+    for other, n in ddpg_ahead.items():
+        lines.append(f"- DDPG ahead of {other} in {n['best']}/{len(a.seeds)} seeds (default, best), {n['last']} (last), "
+                     f"{n['bench_1epoch']} (bench 1-epoch)")
+    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
