@@ -84,6 +84,13 @@ def main() -> None:
     a.overrides = argv[cut + 1:]
     run_dir, out = a.run_dir.resolve(), a.out_dir.resolve()
     bench = _bench(run_dir, a.budget, a.seeds, a.methods)
+    budget = next(b for b in bench.budgets if b.key == a.budget)
+    ready = [s for s in a.seeds if all(bench.cell_path(budget, m, s).is_file() for m in a.methods)]
+    if not ready:
+        sys.exit(f"error: no seed of {a.seeds} has every method finished in {run_dir} at budget {a.budget}")
+    if ready != a.seeds:  # a bench still running: fine-tune what it has, the same command later does the rest
+        print(f"seeds {sorted(set(a.seeds) - set(ready))} have unfinished cells: fine-tuning seeds {ready} only")
+        a.seeds = ready
     cells: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in a.methods}
     for seed in a.seeds:  # seed-major: an interrupted run has whole seeds first
         for method in a.methods:
@@ -96,8 +103,7 @@ def main() -> None:
             print(f"fine-tuning {name} (budget {a.budget}) ...", flush=True)
             metrics = _finetune(a.python, model_dir, out / "finetune" / name, seed, a.overrides,
                                 out / "logs" / f"{name}.log")
-            record = json.loads(bench.cell_path(next(b for b in bench.budgets if b.key == a.budget), method,
-                                                seed).read_text())
+            record = json.loads(bench.cell_path(budget, method, seed).read_text())
             cells[method][seed] = {"best": metrics["best_map50_95"], "best_epoch": metrics["best_epoch"],
                                    "last": metrics["history"][-1].get("map50_95"), "epochs": metrics["epochs"],
                                    "bench_1epoch": record["map_finetuned"], "seconds": metrics["seconds"]}
