@@ -106,6 +106,8 @@ def test_nms_strictly_greater_and_edge_cases() -> None:
     assert nms(boxes, scores, 0.5 - 1e-12).tolist() == [1]  # a threshold below 0.5 that rounds to it in float32
     empty = nms(torch.zeros(0, 4), torch.zeros(0), 0.5)
     assert empty.dtype == torch.long and empty.shape == (0,)
+    assert nms(boxes, scores, 0.49, max_keep=0).tolist() == []  # as the torch path's [:0]
+    assert nms(boxes.requires_grad_(), scores, 0.49).tolist() == [1]
 
 
 def test_box_iou_and_xywh_to_xyxy() -> None:

@@ -102,12 +102,13 @@ def _nms_numpy(boxes: np.ndarray, scores: np.ndarray, threshold: float, max_keep
     overlaps = _iou_above_numpy(boxes[order], threshold)
     suppressed = np.zeros(len(order), dtype=bool)
     kept: list[int] = []
+    limit = len(order) if max_keep is None else max(0, max_keep)
     for i in range(len(order)):
+        if len(kept) == limit:
+            break
         if suppressed[i]:
             continue
         kept.append(i)
-        if len(kept) == max_keep:
-            break
         suppressed |= overlaps[i]  # marks earlier boxes too: they are decided already
     return order[np.asarray(kept, dtype=np.int64)]
 
@@ -139,7 +140,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_thres: float, max_keep: int | None = 
     n = boxes.shape[0]
     if boxes.device.type == "cpu" and n <= _MAX_BLOCK:  # one block: the same greedy steps, in numpy
         threshold = _threshold_in(boxes.dtype, iou_thres)
-        return torch.from_numpy(_nms_numpy(boxes.numpy(), scores.numpy(), threshold, max_keep))
+        return torch.from_numpy(_nms_numpy(boxes.detach().numpy(), scores.detach().numpy(), threshold, max_keep))
     order = torch.sort(scores, descending=True, stable=True).indices
     sorted_boxes = boxes[order]
     threshold = _threshold_in(boxes.dtype, iou_thres)
