@@ -10,7 +10,7 @@ never depend on the machine's speed.
 
 On the CPU both run in numpy rather than torch: an image holds a few hundred candidates, where each torch call's
 fixed cost (~5-10 us) outweighs its arithmetic, and the proxy evaluator runs NMS on 200 images per episode
-(numpy: 2.5x faster on the demo's episodes, the same rows bit for bit, since every step is the same IEEE
+(numpy: about 2x faster on the demo's episodes, the same rows bit for bit, since every step is the same IEEE
 float32 operation in the same order). Other devices, half precision and large candidate sets keep the torch path.
 """
 
