@@ -69,14 +69,24 @@ def _threshold_in(dtype: torch.dtype, iou_thres: float) -> float:
     return float(t)
 
 
-def _greedy_within(overlaps: np.ndarray) -> np.ndarray:
-    """Greedy NMS over a score-sorted block given its ``(m, m)`` matrix of ``IoU > threshold``: kept mask."""
-    later = np.triu(overlaps, k=1)  # a box can only be suppressed by a higher-scoring one
+def _greedy_within(overlaps: np.ndarray, limit: int | None = None) -> np.ndarray:
+    """Greedy NMS over a score-sorted block given its ``(m, m)`` matrix of ``IoU > threshold``: kept mask.
+
+    At most ``limit`` boxes are kept: greedy NMS decides boxes in score order, so the first ``limit`` kept are
+    final and the rest need not be visited.
+    """
+    kept = np.zeros(len(overlaps), dtype=bool)
     suppressed = np.zeros(len(overlaps), dtype=bool)
+    left = len(overlaps) if limit is None else max(0, limit)
     for i in range(len(overlaps)):
-        if not suppressed[i]:
-            suppressed |= later[i]
-    return ~suppressed
+        if not left:
+            break
+        if suppressed[i]:
+            continue
+        kept[i] = True
+        left -= 1
+        suppressed |= overlaps[i]  # marks earlier boxes too: they are decided already
+    return kept
 
 
 def _iou_above_numpy(boxes: np.ndarray, threshold: float) -> np.ndarray:
@@ -99,18 +109,7 @@ def _iou_above_numpy(boxes: np.ndarray, threshold: float) -> np.ndarray:
 def _nms_numpy(boxes: np.ndarray, scores: np.ndarray, threshold: float, max_keep: int | None) -> np.ndarray:
     """:func:`nms` of a small CPU candidate set in numpy, all boxes in one IoU matrix: kept indices."""
     order = np.argsort(-scores, kind="stable")  # descending, equal scores in input order (as torch's stable sort)
-    overlaps = _iou_above_numpy(boxes[order], threshold)
-    suppressed = np.zeros(len(order), dtype=bool)
-    kept: list[int] = []
-    limit = len(order) if max_keep is None else max(0, max_keep)
-    for i in range(len(order)):
-        if len(kept) == limit:
-            break
-        if suppressed[i]:
-            continue
-        kept.append(i)
-        suppressed |= overlaps[i]  # marks earlier boxes too: they are decided already
-    return order[np.asarray(kept, dtype=np.int64)]
+    return order[np.flatnonzero(_greedy_within(_iou_above_numpy(boxes[order], threshold), max_keep))]
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_thres: float, max_keep: int | None = None) -> Tensor:
@@ -138,12 +137,11 @@ def nms(boxes: Tensor, scores: Tensor, iou_thres: float, max_keep: int | None = 
     if boxes.dtype not in (torch.float32, torch.float64):
         boxes = boxes.float()  # torchvision's CPU kernel has no half precision either
     n = boxes.shape[0]
+    threshold = _threshold_in(boxes.dtype, iou_thres)
     if boxes.device.type == "cpu" and n <= _MAX_BLOCK:  # one block: the same greedy steps, in numpy
-        threshold = _threshold_in(boxes.dtype, iou_thres)
         return torch.from_numpy(_nms_numpy(boxes.detach().numpy(), scores.detach().numpy(), threshold, max_keep))
     order = torch.sort(scores, descending=True, stable=True).indices
     sorted_boxes = boxes[order]
-    threshold = _threshold_in(boxes.dtype, iou_thres)
     alive = torch.ones(n, dtype=torch.bool, device=boxes.device)
     block = int(min(_MAX_BLOCK, max(_MIN_BLOCK, _IOU_BLOCK_ELEMENTS // max(n, 1))))
     kept: list[Tensor] = []
@@ -154,7 +152,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_thres: float, max_keep: int | None = 
         if not len(candidates):
             continue
         c = sorted_boxes[candidates]
-        keep_mask = _greedy_within((box_iou(c, c) > threshold).cpu().numpy())
+        limit = None if max_keep is None else max_keep - n_kept
+        keep_mask = _greedy_within((box_iou(c, c) > threshold).cpu().numpy(), limit)
         survivors = candidates[torch.from_numpy(keep_mask).to(boxes.device)]
         kept.append(survivors)
         n_kept += len(survivors)
