@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from amc.atomic import atomic_write_json, atomic_write_text
-from amc.bench.compare import METHODS, CompareBench
+from amc.bench.compare import METHODS, CompareBench, mean_std
 from amc.config import compose_config
 from amc.models.io import save_model
 
@@ -66,8 +65,9 @@ def _finetune(python: str, model_dir: Path, run: Path, seed: int, overrides: lis
     return json.loads(metrics.read_text())
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def _pm(mean_and_std: tuple[float | None, float | None]) -> str:
+    mean, std = mean_and_std
+    return "-" if mean is None else f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}")
 
 
 def main() -> None:
@@ -84,7 +84,7 @@ def main() -> None:
     a.overrides = argv[cut + 1:]
     run_dir, out = a.run_dir.resolve(), a.out_dir.resolve()
     bench = _bench(run_dir, a.budget, a.seeds, a.methods)
-    budget = next(b for b in bench.budgets if b.key == a.budget)
+    budget = bench.budget(a.budget)
     ready = [s for s in a.seeds if all(bench.cell_path(budget, m, s).is_file() for m in a.methods)]
     if not ready:
         sys.exit(f"error: no seed of {a.seeds} has every method finished in {run_dir} at budget {a.budget}")
@@ -96,14 +96,14 @@ def main() -> None:
         for method in a.methods:
             name = f"{method}-seed{seed}"
             model_dir = out / "models" / name
+            record = bench.finished_record(budget, method, seed)
             if not model_dir.is_dir():
                 with tempfile.TemporaryDirectory() as work:
-                    model, source = bench.cell_model(a.budget, method, seed, Path(work))
+                    model, source, record = bench.cell_model(budget, method, seed, Path(work))
                 save_model(model, model_dir, extra={"pruned_from": source, "bench_cell": f"{a.budget}/{name}"})
             print(f"fine-tuning {name} (budget {a.budget}) ...", flush=True)
             metrics = _finetune(a.python, model_dir, out / "finetune" / name, seed, a.overrides,
                                 out / "logs" / f"{name}.log")
-            record = json.loads(bench.cell_path(budget, method, seed).read_text())
             cells[method][seed] = {"best": metrics["best_map50_95"], "best_epoch": metrics["best_epoch"],
                                    "last": metrics["history"][-1].get("map50_95"), "epochs": metrics["epochs"],
                                    "bench_1epoch": record["map_finetuned"], "seconds": metrics["seconds"]}
@@ -112,8 +112,8 @@ def main() -> None:
                   f"{record['map_finetuned']:.4f}", flush=True)
     summary: dict[str, Any] = {}
     for method, by_seed in cells.items():
-        summary[method] = {k: _mean_std([c[k] for c in by_seed.values()]) for k in ("best", "last", "bench_1epoch")}
-    orders = {k: sorted(a.methods, key=lambda m: -summary[m][k][0]) for k in ("best", "last", "bench_1epoch")}
+        summary[method] = {k: mean_std([c[k] for c in by_seed.values()]) for k in ("best", "last", "bench_1epoch")}
+    orders = {k: sorted(a.methods, key=lambda m: -(summary[m][k][0] or 0.0)) for k in ("best", "last", "bench_1epoch")}
     ddpg_ahead = {}
     if "ddpg" in a.methods:
         for other in (m for m in a.methods if m != "ddpg"):
@@ -128,8 +128,7 @@ def main() -> None:
              "| method | default fine-tune, best epoch | default fine-tune, last epoch | bench 1-epoch |",
              "| --- | ---: | ---: | ---: |"]
     for m in a.methods:
-        lines.append(f"| {m} | " + " | ".join(f"{summary[m][k][0]:.4f} ± {summary[m][k][1]:.4f}"
-                                              for k in ("best", "last", "bench_1epoch")) + " |")
+        lines.append(f"| {m} | " + " | ".join(_pm(summary[m][k]) for k in ("best", "last", "bench_1epoch")) + " |")
     lines += ["", f"Order by mean: default (best) {orders['best']}, default (last) {orders['last']}, bench 1-epoch "
               f"{orders['bench_1epoch']}: the order {'holds' if results['order_holds'] else 'changes'}."]
     for other, n in ddpg_ahead.items():

@@ -467,9 +467,10 @@ def test_a_finished_cells_model_is_rebuilt_with_the_channels_it_was_scored_with(
     cell whose rebuilt widths differ from the recorded ones."""
     out, _ = finished
     bench = CompareBench(tiny_cfg("bench.resume=" + str(out)), out)
+    budget = bench.budget("0.7")
     for method in METHODS:
-        model, source = bench.cell_model("0.7", method, 1, tmp_path / method)
-        record = json.loads((out / "cells" / "flops-0.7" / method / "seed1.json").read_text())
+        model, source, record = bench.cell_model(budget, method, 1, tmp_path / method)
+        assert record == json.loads((out / "cells" / "flops-0.7" / method / "seed1.json").read_text())
         assert bench.space.cost(record["kept"]).macs == model.cost(bench.space.img_size).macs, method
         assert source == bench.source
     copy = tmp_path / "copy"
@@ -480,9 +481,11 @@ def test_a_finished_cells_model_is_rebuilt_with_the_channels_it_was_scored_with(
     cell.write_text(json.dumps(record))
     tampered = CompareBench(tiny_cfg("bench.resume=" + str(copy)), copy)
     with pytest.raises(ConfigError, match="the rebuilt policy keeps"):
-        tampered.cell_model("0.7", "ddpg", 1, tmp_path / "t")
+        tampered.cell_model(budget, "ddpg", 1, tmp_path / "t")
     (copy / "cells" / "flops-0.7" / "uniform" / "seed0.json").unlink()
     with pytest.raises(ConfigError, match="has not finished"):
-        tampered.cell_model("0.7", "uniform", 0, tmp_path / "t")
+        tampered.cell_model(budget, "uniform", 0, tmp_path / "t")
     with pytest.raises(ConfigError, match="no cell"):
-        tampered.cell_model("0.7", "ddpg", 5, tmp_path / "t")
+        tampered.cell_model(budget, "ddpg", 5, tmp_path / "t")
+    with pytest.raises(ConfigError, match="no budget 0.4"):
+        tampered.budget("0.4")

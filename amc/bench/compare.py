@@ -606,25 +606,42 @@ class CompareBench:
         # the global ranking removes its lowest-scoring channels: its own scores pick them
         return ratios_for_widths(space, np.asarray(kept)), ChannelSelection(top_channels(scores, kept))
 
-    def cell_model(self, budget_key: str, method: str, seed: int, work_dir: Path):  # noqa: ANN201 (a YOLOv7)
-        """A finished cell's pruned model, rebuilt from its record: the channels it was scored with.
+    def budget(self, key: str) -> CompareBudget:
+        """This bench's budget with this key (``"0.5"``, ``"latency-0.5"``); a ConfigError for any other."""
+        found = next((b for b in self.budgets if b.key == key), None)
+        if found is None:
+            raise ConfigError(f"no budget {key} in this bench (its budgets: {', '.join(b.key for b in self.budgets)})")
+        return found
 
-        The searches' policies are their recorded ratios through the search's criterion; the baselines are
-        recomputed (they are deterministic). Raises a ConfigError when the cell is missing, was computed with other
-        settings, or the rebuilt widths differ from the recorded ones.
-        """
-        budget = next((b for b in self.budgets if b.key == budget_key), None)
-        if budget is None or method not in self.methods or seed not in self.seeds:
-            raise ConfigError(f"no cell budget {budget_key}, {method}, seed {seed} in this bench's settings")
+    def finished_record(self, budget: CompareBudget, method: str, seed: int) -> dict[str, Any] | None:
+        """A finished cell's record, None when it has not finished; a ConfigError when it was computed with other
+        settings than this bench's."""
         path = self.cell_path(budget, method, seed)
         if not path.is_file():
-            raise ConfigError(f"{path}: this cell has not finished")
+            return None
         record = json.loads(path.read_text())
         cfg = self.cfgs[(budget.key, method, seed)]
         if record.get("fingerprint") != self._cell_fingerprint(cfg):
-            raise ConfigError(f"{path} was computed with other settings than these"
-                              f"{_changed_settings(record.get('settings'), self._result_settings(cfg))}")
-        setup = SearchSetup(cfg, work_dir)
+            changed = _changed_settings(record.get("settings"), self._result_settings(cfg))
+            raise ConfigError(f"{path} was computed with other settings than this run's{changed}: resume "
+                              f"with the same settings, or choose a new run directory")
+        return record
+
+    def cell_model(self, budget: CompareBudget, method: str, seed: int, work_dir: Path):  # noqa: ANN201
+        """A finished cell's pruned model, rebuilt with the channels it was scored with, its base model's source and
+        the cell's record.
+
+        The searches' policies are their recorded ratios through the search's criterion; the baselines are
+        recomputed (they are deterministic). Raises a ConfigError when the cell is not one of this bench's or has not
+        finished, was computed with other settings, or the rebuilt widths differ from the recorded ones.
+        """
+        if method not in self.methods or seed not in self.seeds:
+            raise ConfigError(f"no cell budget {budget.key}, {method}, seed {seed} in this bench's settings")
+        record = self.finished_record(budget, method, seed)
+        path = self.cell_path(budget, method, seed)
+        if record is None:
+            raise ConfigError(f"{path}: this cell has not finished")
+        setup = SearchSetup(self.cfgs[(budget.key, method, seed)], work_dir)
         setup.build_env()
         try:
             if method in SEARCH_METHODS:
@@ -636,7 +653,7 @@ class CompareBench:
         widths = [int(w) for w in selection.widths]
         if widths != record["kept"]:
             raise ConfigError(f"{path}: the rebuilt policy keeps {widths}, the cell recorded {record['kept']}")
-        return prune_model(setup.model, setup.space, selection), setup.source
+        return prune_model(setup.model, setup.space, selection), setup.source, record
 
     @staticmethod
     def _proxy_map(setup, ratios: np.ndarray, selection) -> float:  # noqa: ANN001
@@ -654,14 +671,8 @@ class CompareBench:
         todo = [(b, m, s) for b in self.budgets for m in self.methods for s in self.seeds]
         done: dict[tuple[str, str, int], dict[str, Any]] = {}
         for budget, method, seed in todo:
-            path = self.cell_path(budget, method, seed)
-            if path.is_file():
-                record = json.loads(path.read_text())
-                cfg = self.cfgs[(budget.key, method, seed)]
-                if record.get("fingerprint") != self._cell_fingerprint(cfg):
-                    changed = _changed_settings(record.get("settings"), self._result_settings(cfg))
-                    raise ConfigError(f"{path} was computed with other settings than this run's{changed}: resume "
-                                      f"with the same settings, or choose a new run directory")
+            record = self.finished_record(budget, method, seed)
+            if record is not None:
                 done[(budget.key, method, seed)] = record
         console.print(f"bench=compare in {self.out}: {len(self.budgets)} budgets x {len(self.methods)} methods x "
                       f"{len(self.seeds)} seeds = {len(todo)} cells, {len(done)} already finished")
