@@ -37,6 +37,7 @@ from typing import Any
 from amc.atomic import atomic_write_json, atomic_write_text
 from amc.bench.compare import METHODS, CompareBench, mean_std
 from amc.config import compose_config
+from amc.errors import AmcError
 from amc.models.io import save_model
 
 
@@ -61,7 +62,7 @@ def _finetune(python: str, model_dir: Path, run: Path, seed: int, overrides: lis
             done = subprocess.run([python, "-m", "amc.cli.finetune", *args], stdout=out, stderr=subprocess.STDOUT,
                                   check=False)
         if done.returncode != 0 or not metrics.is_file():
-            sys.exit(f"error: amc-finetune of {model_dir} failed (exit {done.returncode}); see {log}")
+            raise AmcError(f"amc-finetune of {model_dir} failed (exit {done.returncode}); see {log}")
     return json.loads(metrics.read_text())
 
 
@@ -87,7 +88,7 @@ def main() -> None:
     budget = bench.budget(a.budget)
     ready = [s for s in a.seeds if all(bench.cell_path(budget, m, s).is_file() for m in a.methods)]
     if not ready:
-        sys.exit(f"error: no seed of {a.seeds} has every method finished in {run_dir} at budget {a.budget}")
+        raise AmcError(f"no seed of {a.seeds} has every method finished in {run_dir} at budget {a.budget}")
     if ready != a.seeds:  # a bench still running: fine-tune what it has, the same command later does the rest
         print(f"seeds {sorted(set(a.seeds) - set(ready))} have unfinished cells: fine-tuning seeds {ready} only")
         a.seeds = ready
@@ -140,4 +141,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    main()
+    try:
+        main()
+    except AmcError as e:  # a bad run dir, budget or cell; a failed fine-tune: one line, as the amc commands
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
