@@ -283,6 +283,39 @@ def test_the_default_bench_is_the_one_behind_the_shipped_heldout_table(tmp_path:
         pytest.skip("docs/results/compare-heldout holds no finished cells yet")
 
 
+def test_the_readme_headline_table_is_the_shipped_heldout_results(tmp_path: Path) -> None:
+    """The README's headline block is exactly the rendering of docs/results/compare-heldout/results.json (issue 20:
+    "the README's headline table is that file"); scripts/readme_headline.py rewrites it, and --check notices an
+    edited number."""
+    root = Path(__file__).parents[1]
+    script = [sys.executable, str(root / "scripts" / "readme_headline.py"), "--check"]
+    done = subprocess.run(script, capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    edited = tmp_path / "README.md"
+    text = (root / "README.md").read_text()
+    edited.write_text(text.replace("| 50% | DDPG (plain `amc-search`) | 0.", "| 50% | DDPG (plain `amc-search`) | 9.", 1))
+    done = subprocess.run([*script, "--readme", str(edited)], capture_output=True, text=True, cwd=root)
+    assert done.returncode == 1 and "does not hold the table" in done.stderr
+
+
+def test_headline_block_says_what_was_measured_and_replaces_only_itself(finished):
+    """The headline rendering of a results.json: seeds finished of those asked, every method's row, nothing made up
+    for a skipped fine-tune; the README block between the markers is replaced, a README without them refused."""
+    from amc.bench.headline import END, headline_markdown, replace_block
+
+    _, results = finished
+    block = headline_markdown(json.loads(json.dumps(results)), "run/results.json")
+    assert block.startswith("<!-- headline:start") and block.endswith(END)
+    assert "2 of 2 seeds at 70%" in block and "0 images in common" in block
+    assert "| 70% | DDPG (plain `amc-search`) | - ± - |" in block  # the fine-tune was skipped: no number
+    assert sum(line.startswith("| 70% |") for line in block.splitlines()) == 4
+    readme = "# title\n\n<!-- headline:start -->\nold\n<!-- headline:end -->\n\nafter\n"
+    updated = replace_block(readme, block)
+    assert updated == "# title\n\n" + block + "\n\nafter\n" and replace_block(updated, block) == updated
+    with pytest.raises(ValueError, match="no headline block"):
+        replace_block("# no markers\n", block)
+
+
 def test_surrogate_agents_script_fits_the_logged_loss_and_runs_each_setting(tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """scripts/surrogate_agents.py: a known smooth loss of the ratios is fitted (high cross-validated R^2), every

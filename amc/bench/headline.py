@@ -1,0 +1,122 @@
+"""The README's headline table, rendered from a ``bench=compare`` ``results.json`` (issue 20: "the README's headline
+table is that file").
+
+The README holds the rendering between two markers (:data:`START`, :data:`END`); ``scripts/readme_headline.py``
+rewrites that block from ``docs/results/compare-heldout/results.json`` and a test checks that the two agree, so the
+headline cannot drift from the measured file. Everything shown is read from the file (nothing is recomputed but
+ratios of numbers it holds), so a table with fewer seeds than the bench asked for says so.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import textwrap
+from typing import Any
+
+START = "<!-- headline:start (generated from {source} by scripts/readme_headline.py; do not edit by hand) -->"
+END = "<!-- headline:end -->"
+LABELS = {"ddpg": "DDPG (plain `amc-search`)", "random": "random search, best of the same episodes",
+          "uniform": "uniform pruning", "global_magnitude": "global magnitude (Torch-Pruning's ranking)"}
+"""How each method reads in the table."""
+
+
+def _f(value: float | None, digits: int = 3, sign: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _pct(key: str) -> str:
+    return f"{float(key):.0%}"
+
+
+def _count(images: Any) -> str:
+    """An image count recorded as a number or as the list of image ids."""
+    if images is None:
+        return "?"
+    return str(len(images)) if isinstance(images, list) else str(images)
+
+
+def _wrap(paragraph: str) -> str:
+    return textwrap.fill(paragraph, width=115, break_long_words=False, break_on_hyphens=False)
+
+
+def _seed_counts(results: dict[str, Any]) -> dict[str, int]:
+    """Seeds every method has at each budget (``bench.report_only`` reports only those)."""
+    return {key: min(len(a["seeds"]) for a in methods.values()) for key, methods in results["budgets"].items()}
+
+
+def headline_markdown(results: dict[str, Any], source: str) -> str:
+    """The headline block for ``results`` (a ``bench=compare`` results.json), markers included. ``source`` is the
+    file's path as the README names it."""
+    settings = results["settings"]
+    protocol = settings.get("protocol") or {}
+    machine = settings.get("machine") or {}
+    counts = _seed_counts(results)
+    asked = len(settings["seeds"])
+    lines = [START.format(source=f"`{source}`"), ""]
+    seeds = ", ".join(f"{n} of {asked} seeds at {_pct(k)}" for k, n in counts.items())
+    lines.append(_wrap(
+        f"The demo model, every method at the same FLOPs budget with the shipped defaults ({seeds}; "
+        f"{settings['episodes']} episodes per search). Fine-tuned mAP@0.5:0.95 on the "
+        f"{_count(protocol.get('report_images', settings.get('full_images')))} images of the "
+        f"`{protocol.get('report_split', 'val')}` split; the searches scored policies on "
+        f"{_count(protocol.get('search_images'))} images of the `{protocol.get('search_split', '?')}` split "
+        f"({protocol.get('overlap_images', '?')} images in common). DDPG - method is paired by seed: mean, 95% "
+        f"bootstrap interval, seeds DDPG won / tied / lost."))
+    lines += ["", "| FLOPs kept | method | fine-tuned mAP (mean ± sd) | DDPG - method | 95% CI | won / tied / lost "
+              "| episodes to 95% of best (mean) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for key, methods in results["budgets"].items():
+        pairs = results["paired"]["map_finetuned"].get(key, {})
+        for method, a in methods.items():
+            p = pairs.get(method)
+            diff = _f(p["mean"], sign=True) if p else ""
+            ci = f"[{_f(p['ci95'][0], sign=True)}, {_f(p['ci95'][1], sign=True)}]" if p else ""
+            record = f"{p['wins']} / {p['ties']} / {p['losses']}" if p else ""
+            lines.append(f"| {_pct(key)} | {LABELS.get(method, method)} | {_f(a['map_finetuned'])} ± "
+                         f"{_f(a['map_finetuned_std'])} | {diff} | {ci} | {record} | {_f(a['episodes_to_95'], 1)} |")
+    lines += ["", _wrap(_notes(results, counts))]
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def _notes(results: dict[str, Any], counts: dict[str, int]) -> str:
+    """Failed seeds, DDPG's speed against random search's, the fine-tune's own noise and where the cells ran."""
+    budgets = results["budgets"]
+    failed = results.get("ddpg_failed_seeds", {})
+    notes = ["Failed DDPG seeds (best policy a warm-up draw, or its last 15 episodes no better than the warm-up): "
+             + ", ".join(f"{len(failed.get(k) or [])} at {_pct(k)}" for k in budgets) + "."]
+    speed = []
+    for key, methods in budgets.items():
+        ours, theirs = methods.get("ddpg", {}).get("episodes_to_95"), methods.get("random", {}).get("episodes_to_95")
+        if ours and theirs:
+            speed.append(f"{ours / theirs:.2f} at {_pct(key)}")
+    if speed:
+        notes.append("Episodes DDPG needs to reach 95% of its best proxy mAP, as a share of random search's: "
+                     + ", ".join(speed) + ".")
+    # uniform and global magnitude prune the same channels for every seed: their spread is the fine-tune's alone
+    floor = []
+    for key, methods in budgets.items():
+        sds = [statistics.stdev(values) for m in ("uniform", "global_magnitude") if m in methods
+               for values in [[s.get("map_finetuned") for s in methods[m]["per_seed"]]]
+               if len(values) > 1 and None not in values]
+        if sds:
+            floor.append(f"{' / '.join(_f(sd) for sd in sds)} at {_pct(key)}")
+    if floor:
+        notes.append("The fine-tune's own noise (the sd over seeds of uniform / global magnitude, whose policy is the "
+                     "same for every seed): " + ", ".join(floor) + ".")
+    machine = results["settings"].get("machine") or {}
+    if machine:
+        notes.append(f"Cells ran on {machine.get('device', '?')} (torch {machine.get('torch', '?')}, "
+                     f"{machine.get('threads', '?')} thread(s) per process).")
+    return " ".join(notes)
+
+
+def replace_block(text: str, block: str) -> str:
+    """``text`` (the README) with its headline block replaced by ``block``; a README without the markers is an
+    error, so a moved or deleted block is noticed."""
+    pattern = re.compile(re.escape("<!-- headline:start") + r".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        raise ValueError("the README has no headline block (its start and end markers)")
+    return pattern.sub(lambda _: block, text, count=1)
