@@ -293,7 +293,7 @@ def test_the_readme_headline_table_is_the_shipped_heldout_results(tmp_path: Path
     assert done.returncode == 0, done.stderr
     edited = tmp_path / "README.md"
     text = (root / "README.md").read_text()
-    edited.write_text(text.replace("| 50% | DDPG (plain `amc-search`) | 0.", "| 50% | DDPG (plain `amc-search`) | 9.", 1))
+    edited.write_text(text.replace("| 50% | DDPG (`amc-search episodes=120`) | 0.", "| 50% | DDPG (`amc-search episodes=120`) | 9.", 1))
     done = subprocess.run([*script, "--readme", str(edited)], capture_output=True, text=True, cwd=root)
     assert done.returncode == 1 and "does not hold the table" in done.stderr
 
@@ -307,7 +307,7 @@ def test_headline_block_says_what_was_measured_and_replaces_only_itself(finished
     block = headline_markdown(json.loads(json.dumps(results)), "run/results.json")
     assert block.startswith("<!-- headline:start") and block.endswith(END)
     assert "2 of 2 seeds at 70%" in block and "0 images in common" in block
-    assert "| 70% | DDPG (plain `amc-search`) | - ± - |" in block  # the fine-tune was skipped: no number
+    assert "| 70% | DDPG (`amc-search episodes=4`) | - ± - |" in block  # the fine-tune was skipped: no number
     assert sum(line.startswith("| 70% |") for line in block.splitlines()) == 4
     readme = "# title\n\n<!-- headline:start -->\nold\n<!-- headline:end -->\n\nafter\n"
     updated = replace_block(readme, block)

@@ -16,7 +16,7 @@ from typing import Any
 
 START = "<!-- headline:start (generated from {source} by scripts/readme_headline.py; do not edit by hand) -->"
 END = "<!-- headline:end -->"
-LABELS = {"ddpg": "DDPG (plain `amc-search`)", "random": "random search, best of the same episodes",
+LABELS = {"ddpg": "DDPG (`amc-search episodes={episodes}`)", "random": "random search, best of the same episodes",
           "uniform": "uniform pruning", "global_magnitude": "global magnitude (Torch-Pruning's ranking)"}
 """How each method reads in the table."""
 
@@ -74,7 +74,8 @@ def headline_markdown(results: dict[str, Any], source: str) -> str:
             diff = _f(p["mean"], sign=True) if p else ""
             ci = f"[{_f(p['ci95'][0], sign=True)}, {_f(p['ci95'][1], sign=True)}]" if p else ""
             record = f"{p['wins']} / {p['ties']} / {p['losses']}" if p else ""
-            lines.append(f"| {_pct(key)} | {LABELS.get(method, method)} | {_f(a['map_finetuned'])} ± "
+            label = LABELS.get(method, method).format(episodes=settings["episodes"])
+            lines.append(f"| {_pct(key)} | {label} | {_f(a['map_finetuned'])} ± "
                          f"{_f(a['map_finetuned_std'])} | {diff} | {ci} | {record} | {_f(a['episodes_to_95'], 1)} |")
     lines += ["", _wrap(_notes(results, counts))]
     lines += ["", END]
