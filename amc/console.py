@@ -167,6 +167,28 @@ class ProgressLog:
         return True
 
 
+def fmt_number(value: float | None, digits: int = 3, pct: bool = False, sign: bool = False) -> str:
+    """A table cell: ``-`` for a value that was not measured, else ``digits`` decimals (with its sign when ``sign``;
+    a percentage with one decimal when ``pct``)."""
+    if value is None:
+        return "-"
+    if pct:
+        return f"{value:.1%}"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def fmt_mean_std(mean: float | None, std: float | None, digits: int = 3) -> str:
+    """``mean ± std`` for a table (``-`` when the mean was not measured, the mean alone when there is no spread)."""
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def fmt_interval(bounds: Sequence[float], digits: int = 3) -> str:
+    """A confidence interval of a signed difference for a table: ``[-0.010, +0.049]``."""
+    return f"[{fmt_number(bounds[0], digits, sign=True)}, {fmt_number(bounds[1], digits, sign=True)}]"
+
+
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: int = 1) -> None:
     """Print a table; columns from ``numeric_from`` on are right-aligned.
 

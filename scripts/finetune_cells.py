@@ -37,6 +37,7 @@ from typing import Any
 from amc.atomic import atomic_write_json, atomic_write_text
 from amc.bench.compare import METHODS, CompareBench, mean_std
 from amc.config import compose_config
+from amc.console import fmt_mean_std
 from amc.errors import AmcError
 from amc.models.io import save_model
 
@@ -66,11 +67,6 @@ def _finetune(python: str, model_dir: Path, run: Path, seed: int, overrides: lis
     return json.loads(metrics.read_text())
 
 
-def _pm(mean_and_std: tuple[float | None, float | None]) -> str:
-    mean, std = mean_and_std
-    return "-" if mean is None else f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", type=Path)
@@ -97,8 +93,9 @@ def main() -> None:
         for method in a.methods:
             name = f"{method}-seed{seed}"
             model_dir = out / "models" / name
-            record = bench.finished_record(budget, method, seed)
-            if not model_dir.is_dir():
+            if model_dir.is_dir():  # rebuilt by an earlier run: only the record is needed
+                record = bench.finished_record(budget, method, seed)
+            else:
                 with tempfile.TemporaryDirectory() as work:
                     model, source, record = bench.cell_model(budget, method, seed, Path(work))
                 save_model(model, model_dir, extra={"pruned_from": source, "bench_cell": f"{a.budget}/{name}"})
@@ -129,7 +126,7 @@ def main() -> None:
              "| method | default fine-tune, best epoch | default fine-tune, last epoch | bench 1-epoch |",
              "| --- | ---: | ---: | ---: |"]
     for m in a.methods:
-        lines.append(f"| {m} | " + " | ".join(_pm(summary[m][k]) for k in ("best", "last", "bench_1epoch")) + " |")
+        lines.append(f"| {m} | " + " | ".join(fmt_mean_std(*summary[m][k], digits=4) for k in ("best", "last", "bench_1epoch")) + " |")
     lines += ["", f"Order by mean: default (best) {orders['best']}, default (last) {orders['last']}, bench 1-epoch "
               f"{orders['bench_1epoch']}: the order {'holds' if results['order_holds'] else 'changes'}."]
     for other, n in ddpg_ahead.items():

@@ -41,7 +41,8 @@ from omegaconf import DictConfig, OmegaConf
 from amc.atomic import atomic_write_json, atomic_write_text
 from amc.bench.common import finetune_pruned
 from amc.config import compose_config, config_number, output_dir, plain, search_split
-from amc.console import ProgressLog, console, is_terminal, log_line, print_table
+from amc.console import (ProgressLog, console, fmt_interval, fmt_mean_std, fmt_number, is_terminal, log_line,
+                         print_table)
 from amc.data.loaders import EvalSet, TrainSet, sample_batches
 from amc.device import select_device
 from amc.errors import AmcError, ConfigError
@@ -696,8 +697,8 @@ class CompareBench:
             atomic_write_json(self.cell_path(budget, method, seed), record)  # kept before anything else can fail
             done[(budget.key, method, seed)] = record
             cells_log.update(len(done), f"budget {budget.key}, {method}, seed {seed}: proxy "
-                             f"{_fmt(record['map_proxy'])}, full {_fmt(record['map_full'])}, fine-tuned "
-                             f"{_fmt(record['map_finetuned'])}, FLOPs kept {record['flops_ratio']:.1%}")
+                             f"{fmt_number(record['map_proxy'])}, full {fmt_number(record['map_full'])}, fine-tuned "
+                             f"{fmt_number(record['map_finetuned'])}, FLOPs kept {record['flops_ratio']:.1%}")
         cells: dict[str, dict[str, list[dict[str, Any]]]] = {
             b.key: {m: [done[(b.key, m, s)] for s in self.seeds] for m in self.methods} for b in self.budgets}
         return self._results(cells, unpruned, started)
@@ -749,9 +750,10 @@ class CompareBench:
         summary = results["budgets"]
         columns = ["budget", "method", "FLOPs kept", "proxy mAP", "full-val mAP", "fine-tuned mAP", "wall s",
                    "episodes to 95%"]
-        rows = [[key, method, _fmt(a["flops_ratio"], pct=True), _pm(a["map_proxy"], a["map_proxy_std"]),
-                 _pm(a["map_full"], a["map_full_std"]), _pm(a["map_finetuned"], a["map_finetuned_std"]),
-                 _fmt(a["wall_s"], 1), _fmt(a["episodes_to_95"], 1)]
+        rows = [[key, method, fmt_number(a["flops_ratio"], pct=True),
+                 fmt_mean_std(a["map_proxy"], a["map_proxy_std"]), fmt_mean_std(a["map_full"], a["map_full_std"]),
+                 fmt_mean_std(a["map_finetuned"], a["map_finetuned_std"]),
+                 fmt_number(a["wall_s"], 1), fmt_number(a["episodes_to_95"], 1)]
                 for key, methods in summary.items() for method, a in methods.items()]
         counts = sorted({len(a["seeds"]) for methods in summary.values() for a in methods.values()})
         title = (f"{self.source}: mAP@0.5:0.95, mean ± std over {'/'.join(map(str, counts))} seeds ({self.episodes} episodes per "
@@ -761,7 +763,7 @@ class CompareBench:
         checks = ("beats_uniform_by_margin", "beats_random", "beats_global_magnitude", "all")
         win_columns = ["budget", "judged on", "ddpg mAP", f">= uniform + {self.margin:g}", ">= random", ">= global",
                        "all"]
-        win_rows = [[key, label, _fmt(w[field]["ddpg"]), *(_yes(w[field][c]) for c in checks)]
+        win_rows = [[key, label, fmt_number(w[field]["ddpg"]), *(_yes(w[field][c]) for c in checks)]
                     for key, w in results["wins"].items()
                     for label, field in (("fine-tuned mAP", "finetuned"), ("proxy mAP", "proxy"))]
         print_table("does ddpg win? (means over seeds)", win_columns, win_rows, numeric_from=2)
@@ -769,12 +771,12 @@ class CompareBench:
         md = [f"# bench=compare: {self.source}", "", title, "", "| " + " | ".join(columns) + " |",
               "|" + "|".join(["---"] * 2 + ["---:"] * (len(columns) - 2)) + "|"]
         md += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
-        md += ["", f"Unpruned full-val mAP: {_fmt(results['unpruned']['map_full'])}.", "",
+        md += ["", f"Unpruned full-val mAP: {fmt_number(results['unpruned']['map_full'])}.", "",
                "ddpg wins (means over seeds):", "", "| " + " | ".join(win_columns) + " |",
                "|" + "|".join(["---"] * 2 + ["---:"] * (len(win_columns) - 2)) + "|"]
         md += ["| " + " | ".join(str(x) for x in row) + " |" for row in win_rows]
         pair_columns = ["budget", "ddpg - ", "mean", "95% CI (bootstrap)", "seeds won / tied / lost", "sign test p"]
-        pair_rows = [[key, other, f"{p['mean']:+.3f}", f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}]",
+        pair_rows = [[key, other, fmt_number(p["mean"], sign=True), fmt_interval(p["ci95"]),
                       f"{p['wins']} / {p['ties']} / {p['losses']}", f"{p['sign_p']:.3f}"]
                      for key, others in results["paired"]["map_finetuned"].items() for other, p in others.items()]
         print_table("ddpg - other, fine-tuned mAP, paired by seed", pair_columns, pair_rows, numeric_from=2)
@@ -853,18 +855,6 @@ def _machine(device: Any) -> dict[str, Any]:
     return {"torch": torch.__version__, "device": str(device), "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available()
             else None}
-
-
-def _fmt(value: float | None, digits: int = 3, pct: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.1%}" if pct else f"{value:.{digits}f}"
-
-
-def _pm(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "-"
-    return f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
 
 
 def _yes(value: bool | None) -> str:

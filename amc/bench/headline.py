@@ -14,17 +14,13 @@ import statistics
 import textwrap
 from typing import Any
 
+from amc.console import fmt_interval, fmt_number
+
 START = "<!-- headline:start (generated from {source} by scripts/readme_headline.py; do not edit by hand) -->"
 END = "<!-- headline:end -->"
 LABELS = {"ddpg": "DDPG (`amc-search episodes={episodes}`)", "random": "random search, best of the same episodes",
           "uniform": "uniform pruning", "global_magnitude": "global magnitude (Torch-Pruning's ranking)"}
 """How each method reads in the table."""
-
-
-def _f(value: float | None, digits: int = 3, sign: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
 def _pct(key: str) -> str:
@@ -52,7 +48,6 @@ def headline_markdown(results: dict[str, Any], source: str) -> str:
     file's path as the README names it."""
     settings = results["settings"]
     protocol = settings.get("protocol") or {}
-    machine = settings.get("machine") or {}
     counts = _seed_counts(results)
     asked = len(settings["seeds"])
     lines = [START.format(source=f"`{source}`"), ""]
@@ -71,12 +66,12 @@ def headline_markdown(results: dict[str, Any], source: str) -> str:
         pairs = results["paired"]["map_finetuned"].get(key, {})
         for method, a in methods.items():
             p = pairs.get(method)
-            diff = _f(p["mean"], sign=True) if p else ""
-            ci = f"[{_f(p['ci95'][0], sign=True)}, {_f(p['ci95'][1], sign=True)}]" if p else ""
+            diff = fmt_number(p["mean"], sign=True) if p else ""
+            ci = fmt_interval(p["ci95"]) if p else ""
             record = f"{p['wins']} / {p['ties']} / {p['losses']}" if p else ""
             label = LABELS.get(method, method).format(episodes=settings["episodes"])
-            lines.append(f"| {_pct(key)} | {label} | {_f(a['map_finetuned'])} ± "
-                         f"{_f(a['map_finetuned_std'])} | {diff} | {ci} | {record} | {_f(a['episodes_to_95'], 1)} |")
+            lines.append(f"| {_pct(key)} | {label} | {fmt_number(a['map_finetuned'])} ± "
+                         f"{fmt_number(a['map_finetuned_std'])} | {diff} | {ci} | {record} | {fmt_number(a['episodes_to_95'], 1)} |")
     lines += ["", _wrap(_notes(results, counts))]
     lines += ["", END]
     return "\n".join(lines)
@@ -103,7 +98,7 @@ def _notes(results: dict[str, Any], counts: dict[str, int]) -> str:
                for values in [[s.get("map_finetuned") for s in methods[m]["per_seed"]]]
                if len(values) > 1 and None not in values]
         if sds:
-            floor.append(f"{' / '.join(_f(sd) for sd in sds)} at {_pct(key)}")
+            floor.append(f"{' / '.join(fmt_number(sd) for sd in sds)} at {_pct(key)}")
     if floor:
         notes.append("The fine-tune's own noise (the sd over seeds of uniform / global magnitude, whose policy is the "
                      "same for every seed): " + ", ".join(floor) + ".")
