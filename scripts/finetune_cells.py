@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from amc.atomic import atomic_write_json, atomic_write_text
-from amc.bench.compare import METHODS, CompareBench, mean_std
+from amc.bench.compare import METHODS, CompareBench
+from amc.bench.compare_stats import mean_std
 from amc.config import compose_config
 from amc.console import fmt_mean_std
 from amc.errors import AmcError

@@ -18,7 +18,9 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from amc.bench import compare
-from amc.bench.compare import CompareBench, _changed_settings, compare_bench, episodes_to_95, mean_std, wins
+from amc.bench.compare import CompareBench, _changed_settings, compare_bench
+from amc.bench.compare_stats import episodes_to_95, mean_std, paired, read_episodes, search_failed, wins
+from amc.bench.headline import END, headline_markdown, replace_block
 from amc.errors import ConfigError
 
 METHODS = ["ddpg", "random", "uniform", "global_magnitude"]
@@ -301,7 +303,6 @@ def test_the_readme_headline_table_is_the_shipped_heldout_results(tmp_path: Path
 def test_headline_block_says_what_was_measured_and_replaces_only_itself(finished):
     """The headline rendering of a results.json: seeds finished of those asked, every method's row, nothing made up
     for a skipped fine-tune; the README block between the markers is replaced, a README without them refused."""
-    from amc.bench.headline import END, headline_markdown, replace_block
 
     _, results = finished
     block = headline_markdown(json.loads(json.dumps(results)), "run/results.json")
@@ -417,7 +418,6 @@ def test_a_bench_scoring_on_its_report_split_is_refused(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- paired statistics
 def test_paired_differences_bootstrap_interval_and_sign_test():
-    from amc.bench.compare import paired
 
     rec = lambda seed, v: {"seed": seed, "map_finetuned": v}  # noqa: E731
     cells = {"0.5": {"ddpg": [rec(s, v) for s, v in enumerate([0.30, 0.32, 0.28, 0.31, 0.29, 0.33, 0.30, 0.34])],
@@ -434,7 +434,6 @@ def test_paired_differences_bootstrap_interval_and_sign_test():
 
 
 def test_a_search_fails_when_its_best_is_a_warmup_draw_or_it_never_improves():
-    from amc.bench.compare import search_failed
 
     def log(rewards, warmup=3):
         return [{"reward": r, "phase": "warmup" if i < warmup else "explore"} for i, r in enumerate(rewards)]
@@ -456,7 +455,6 @@ def test_report_only_tables_the_finished_seeds_and_runs_nothing(finished, tmp_pa
     assert partial["budgets"]["0.7"]["ddpg"]["per_seed"][0] == results["budgets"]["0.7"]["ddpg"]["per_seed"][0]
     assert not (copy / "cells" / "flops-0.7" / "uniform" / "seed1.json").exists()  # nothing was run
     assert set(partial["paired"]["map_full"]["0.7"]) == {"random", "uniform", "global_magnitude"}
-    from amc.bench.compare import read_episodes, search_failed
 
     seed0 = read_episodes(out / "cells" / "flops-0.7" / "ddpg" / "seed0" / "search" / "episodes.jsonl")
     assert len(seed0) == 4 and search_failed(seed0) is not None
