@@ -106,7 +106,12 @@ def test_results_have_the_exact_shape_and_right_statistics(finished):
     for name in ("results.md", "map_vs_flops.svg", "reward_curves.svg"):
         assert (out / name).is_file(), name
     assert (out / "map_vs_flops.svg").read_text().startswith("<svg")
-    assert "| 0.7 | ddpg |" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "| 0.7 | ddpg |" in md
+    # one per-seed row per seed; with the fine-tune skipped nothing is made up for it, a search's episodes to 95% shown
+    seed_rows = [line for line in md.splitlines() if line.startswith("| 0.7 | ") and line.split(" | ")[1].isdigit()]
+    assert len(seed_rows) == len(results["budgets"]["0.7"]["ddpg"]["seeds"])
+    assert all(row.split(" | ")[2].startswith("- (") and row.endswith("| - |") for row in seed_rows)
     # the searches are amc-search's: their run dirs hold everything it writes
     search = out / "cells" / "flops-0.7" / "ddpg" / "seed1" / "search"
     assert (search / "best_policy.yaml").is_file() and (search / "results.json").is_file()

@@ -617,24 +617,21 @@ class CompareBench:
                     for label, field in (("fine-tuned mAP", "finetuned"), ("proxy mAP", "proxy"))]
         print_table("does ddpg win? (means over seeds)", win_columns, win_rows, numeric_from=2)
 
-        md = [f"# bench=compare: {self.source}", "", title, "", "| " + " | ".join(columns) + " |",
-              "|" + "|".join(["---"] * 2 + ["---:"] * (len(columns) - 2)) + "|"]
-        md += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
-        md += ["", f"Unpruned full-val mAP: {fmt_number(results['unpruned']['map_full'])}.", "",
-               "ddpg wins (means over seeds):", "", "| " + " | ".join(win_columns) + " |",
-               "|" + "|".join(["---"] * 2 + ["---:"] * (len(win_columns) - 2)) + "|"]
-        md += ["| " + " | ".join(str(x) for x in row) + " |" for row in win_rows]
+        md = [f"# bench=compare: {self.source}", "", title, "", *_md_table(columns, rows), "",
+              f"Unpruned full-val mAP: {fmt_number(results['unpruned']['map_full'])}.", "",
+              "ddpg wins (means over seeds):", "", *_md_table(win_columns, win_rows)]
         pair_columns = ["budget", "ddpg - ", "mean", "95% CI (bootstrap)", "seeds won / tied / lost", "sign test p"]
         pair_rows = [[key, other, fmt_number(p["mean"], sign=True), fmt_interval(p["ci95"]),
                       f"{p['wins']} / {p['ties']} / {p['losses']}", f"{p['sign_p']:.3f}"]
                      for key, others in results["paired"]["map_finetuned"].items() for other, p in others.items()]
         print_table("ddpg - other, fine-tuned mAP, paired by seed", pair_columns, pair_rows, numeric_from=2)
         failed = results["ddpg_failed_seeds"]
-        md += ["", "ddpg - other, fine-tuned mAP, paired by seed:", "", "| " + " | ".join(pair_columns) + " |",
-               "|" + "|".join(["---"] * 2 + ["---:"] * (len(pair_columns) - 2)) + "|"]
-        md += ["| " + " | ".join(str(x) for x in row) + " |" for row in pair_rows]
+        md += ["", "ddpg - other, fine-tuned mAP, paired by seed:", "", *_md_table(pair_columns, pair_rows)]
         md += ["", "Failed ddpg seeds (best policy a warm-up draw, or last 15 episodes no better than the warm-up): "
                + "; ".join(f"{k}: {v or 'none'}" for k, v in failed.items()) + "."]
+        seed_columns, seed_rows = self._per_seed_rows(summary)
+        md += ["", "Per seed: fine-tuned mAP of each method's policy (a search's episodes to 95% of its best proxy mAP "
+               "in brackets):", "", *_md_table(seed_columns, seed_rows)]
         atomic_write_text(self.out / "results.md", "\n".join(md) + "\n")
 
         results["plots"] = {"map_vs_flops": str(self._map_vs_flops(cells)),
@@ -642,6 +639,32 @@ class CompareBench:
         path = atomic_write_json(self.out / "results.json", results)
         console.print(f"results written to {path}, {self.out / 'results.md'}; plots {self.out / 'map_vs_flops.svg'}, "
                       f"{self.out / 'reward_curves.svg'}")
+
+    def _per_seed_rows(self, summary: dict[str, dict[str, dict[str, Any]]]) -> tuple[list[str], list[list[str]]]:
+        """The per-seed table of ``results.md``: one row per (budget, seed), each method's fine-tuned mAP (with a
+        search's episodes to 95% in brackets) and DDPG - random search on that seed."""
+        columns = ["budget", "seed", *self.methods]
+        compared = "ddpg" in self.methods and "random" in self.methods
+        if compared:
+            columns.append("ddpg - random")
+        rows = []
+        for key, methods in summary.items():
+            by_seed = {m: {r["seed"]: r for r in a["per_seed"]} for m, a in methods.items()}
+            for seed in sorted({s for records in by_seed.values() for s in records}):
+                row = [key, str(seed)]
+                for method in self.methods:
+                    record = by_seed.get(method, {}).get(seed)
+                    value = fmt_number(record["map_finetuned"] if record else None, 4)
+                    if record and record.get("episodes_to_95") is not None:
+                        value += f" ({record['episodes_to_95']})"
+                    row.append(value)
+                if compared:
+                    ddpg, rand = by_seed.get("ddpg", {}).get(seed), by_seed.get("random", {}).get(seed)
+                    both = ddpg and rand and ddpg["map_finetuned"] is not None and rand["map_finetuned"] is not None
+                    row.append(fmt_number(ddpg["map_finetuned"] - rand["map_finetuned"], 4, sign=True) if both
+                               else fmt_number(None))
+                rows.append(row)
+        return columns, rows
 
     def _map_vs_flops(self, cells: dict[str, dict[str, list[dict[str, Any]]]]) -> Path:
 
@@ -672,6 +695,14 @@ class CompareBench:
         svg = line_svg(series, title=f"best-so-far proxy mAP@0.5:0.95 per episode, mean over the seeds",
                        x_label="episode", y_label="best proxy mAP so far")
         return atomic_write_text(self.out / "reward_curves.svg", svg)
+
+
+def _md_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], text_columns: int = 2) -> list[str]:
+    """A markdown table's lines: the header, the separator (the first ``text_columns`` left-aligned, the numbers
+    right-aligned) and one line per row."""
+    return ["| " + " | ".join(columns) + " |",
+            "|" + "|".join(["---"] * text_columns + ["---:"] * (len(columns) - text_columns)) + "|",
+            *("| " + " | ".join(str(x) for x in row) + " |" for row in rows)]
 
 
 def _close_evaluator(setup: SearchSetup) -> None:
