@@ -305,6 +305,25 @@ def test_the_readme_headline_table_is_the_shipped_heldout_results(tmp_path: Path
     assert done.returncode == 1 and "does not hold the table" in done.stderr
 
 
+def test_corner_script_agrees_with_the_benchs_failed_seeds(tmp_path: Path) -> None:
+    """scripts/ddpg_corner.py (issue 20, item 3: where each DDPG search ended up) reads the shipped held-out cells'
+    gzipped episode logs and calls a search failed exactly when the bench did; a folder without searches is one
+    error line, exit 2."""
+    root = Path(__file__).parents[1]
+    shipped = root / "docs" / "results" / "compare-heldout"
+    script = [sys.executable, str(root / "scripts" / "ddpg_corner.py")]
+    done = subprocess.run([*script, str(shipped), "--json", str(tmp_path / "corner.json")], capture_output=True,
+                          text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    searches = json.loads((tmp_path / "corner.json").read_text())["searches"]
+    failed = json.loads((shipped / "results.json").read_text())["ddpg_failed_seeds"]
+    for budget, by_seed in searches.items():
+        assert sorted(int(s) for s, r in by_seed.items() if r["failed"]) == sorted(failed.get(budget, []))
+        assert all(0 <= r["first_mean_ratio"] <= 0.8 and 0 <= r["later_mean_ratio"] <= 0.8 for r in by_seed.values())
+    empty = subprocess.run([*script, str(tmp_path)], capture_output=True, text=True, cwd=root)
+    assert empty.returncode == 2 and empty.stderr.startswith("error: no DDPG search")
+
+
 def test_headline_block_says_what_was_measured_and_replaces_only_itself(finished):
     """The headline rendering of a results.json: seeds finished of those asked, every method's row, nothing made up
     for a skipped fine-tune; the README block between the markers is replaced, a README without them refused."""
