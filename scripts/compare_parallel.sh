@@ -5,8 +5,13 @@
 # Use it when a machine has cores (or a GPU) to spare: the cells are independent.
 #
 # Usage: bash scripts/compare_parallel.sh RUN_DIR [OVERRIDE ...]
-#   BUDGETS="0.3 0.5" SEEDS=2 THREADS=1   budgets, seeds 0..SEEDS-1, torch threads per process (defaults shown;
-#                                         they replace the bench config's own budgets and seeds)
+#   BUDGETS="0.3 0.5" SEEDS=2 THREADS=1   budgets, seeds FIRST_SEED..SEEDS-1, torch threads per process (defaults
+#                                         shown; they replace the bench config's own budgets and seeds)
+#   FIRST_SEED=0                          the first seed run here (e.g. 6: seeds 6..SEEDS-1, the others done elsewhere)
+#   METHOD_GROUPS=""                      "" = each (budget, seed) in one process; else one process per group and
+#                                         (budget, seed), e.g. "ddpg random uniform,global_magnitude": the two
+#                                         searches side by side (a machine with more cores than (budget, seed)s)
+#   TABLE=1                               0: skip the closing table (the seeds before FIRST_SEED are not here)
 #   BENCH=compare                         the bench config: compare, or its preset compare-recovery (conf/bench/)
 #   JOBS=0                                processes at once (0 = every (budget, seed) at once); seed-major order, so
 #                                         an interrupted run has whole seeds finished first
@@ -31,15 +36,20 @@ mkdir -p "$RUN_DIR/logs"
   || exit 1
 JOBS=${JOBS:-0}
 pids=()
-for ((seed = 0; seed < SEEDS; seed++)); do
+read -ra groups <<<"${METHOD_GROUPS:-}"
+[ "${#groups[@]}" -gt 0 ] || groups=("")
+for ((seed = ${FIRST_SEED:-0}; seed < SEEDS; seed++)); do
   for budget in $BUDGETS; do
-    if [ "$JOBS" -gt 0 ]; then  # wait for a free slot
-      while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
-    fi
-    timeout "${TIMEOUT:-0}" "$PYTHON" -m amc.cli.bench "bench=$BENCH" "bench.budgets=[$budget]" bench.seeds=1 "seed=$seed" \
-      "bench.resume=$RUN_DIR" bench.search.progress=false "hydra.run.dir=$RUN_DIR/logs/$budget-seed$seed" "$@" \
-      >"$RUN_DIR/logs/$budget-seed$seed.log" 2>&1 &
-    pids+=($!)
+    for group in "${groups[@]}"; do
+      if [ "$JOBS" -gt 0 ]; then  # wait for a free slot
+        while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+      fi
+      name=$budget-seed$seed${group:+-${group//,/+}}
+      timeout "${TIMEOUT:-0}" "$PYTHON" -m amc.cli.bench "bench=$BENCH" "bench.budgets=[$budget]" bench.seeds=1 "seed=$seed" \
+        ${group:+"bench.methods=[$group]"} "bench.resume=$RUN_DIR" bench.search.progress=false \
+        "hydra.run.dir=$RUN_DIR/logs/$name" "$@" >"$RUN_DIR/logs/$name.log" 2>&1 &
+      pids+=($!)
+    done
   done
 done
 failed=0
@@ -48,6 +58,7 @@ if [ "$failed" -ne 0 ]; then  # the finished cells are kept: the same command ag
   echo "$failed of ${#pids[@]} processes failed or ran out of time (logs in $RUN_DIR/logs); run the same command again to continue" >&2
   exit 1
 fi
+[ "${TABLE:-1}" = 1 ] || exit 0
 list=$(echo "$BUDGETS" | tr ' ' ',')
 "$PYTHON" -m amc.cli.bench "bench=$BENCH" "bench.budgets=[$list]" "bench.seeds=$SEEDS" seed=0 "bench.resume=$RUN_DIR" \
   "hydra.run.dir=$RUN_DIR/logs/table" "$@" 2>&1 | tee "$RUN_DIR/logs/table.log"

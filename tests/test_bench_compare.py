@@ -19,7 +19,8 @@ from omegaconf import OmegaConf
 
 from amc.bench import compare
 from amc.bench.compare import CompareBench, _changed_settings, compare_bench
-from amc.bench.compare_stats import episodes_to_95, mean_std, paired, read_episodes, search_failed, wins
+from amc.bench.compare_stats import (cell_machines, episodes_to_95, mean_std, paired, read_episodes, search_failed,
+                                     wins)
 from amc.bench.headline import END, headline_markdown, replace_block
 from amc.errors import ConfigError
 
@@ -219,10 +220,20 @@ def test_compare_parallel_script_gives_the_single_bench_results(finished, tmp_pa
     args = ["bench.episodes=4", "bench.full.val_images=8", "bench.full.bn_batches=1", "bench.full.bn_batch_size=4",
             "bench.finetune.epochs=0", "bench.search.overrides=['evaluator=stub']",
             "bench.search.agents.ddpg=['agent=ddpg-demo','agent.warmup=2']"]
+    # seed 1 first, as another machine would run it: one process per method group, no table (the seeds before
+    # FIRST_SEED are not there); then the whole bench in the same run dir reads seed 1's cells back
+    groups = {**env, "FIRST_SEED": "1", "METHOD_GROUPS": "ddpg random uniform,global_magnitude", "TABLE": "0"}
+    first = subprocess.run(["bash", str(script), str(out), *args], env=groups, cwd=Path(__file__).parents[1],
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert sorted(p.name for p in (out / "logs").glob("*.log")) == [
+        "0.7-seed1-ddpg.log", "0.7-seed1-random.log", "0.7-seed1-uniform+global_magnitude.log"]
+    assert not (out / "logs" / "table").exists() and len(list((out / "cells").glob("*/*/seed1.json"))) == 4
     run = subprocess.run(["bash", str(script), str(out), *args], env=env, cwd=Path(__file__).parents[1],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    assert sorted(p.name for p in (out / "logs").glob("*.log")) == ["0.7-seed0.log", "0.7-seed1.log", "table.log"]
+    assert "4 already finished" in " ".join((out / "logs" / "0.7-seed1.log").read_text().split())
+    assert {p.name for p in (out / "logs").glob("*.log")} >= {"0.7-seed0.log", "0.7-seed1.log", "table.log"}
     assert "8 cells, 8 already finished" in " ".join((out / "logs" / "table.log").read_text().split())
     merged = json.loads((out / "results.json").read_text())
     for method in METHODS:
@@ -339,6 +350,31 @@ def test_headline_block_says_what_was_measured_and_replaces_only_itself(finished
     assert updated == "# title\n\n" + block + "\n\nafter\n" and replace_block(updated, block) == updated
     with pytest.raises(ValueError, match="no headline block"):
         replace_block("# no markers\n", block)
+
+
+def test_cells_from_two_machines_are_said_seed_by_seed(finished):
+    """A bench finished on another machine (seeds 6-7 on a GPU, the rest on a CPU): results.json's cell_machines
+    names each machine with its seeds, a seed whose methods ran on two machines is flagged, and the headline says
+    which seeds ran where instead of naming the reporting process's machine."""
+    _, results = finished
+    assert results["cell_machines"]["mixed_seeds"] == {} and len(results["cell_machines"]["machines"]) == 1
+    cpu = {"torch": "2.13.0+cpu", "device": "cpu", "cpu": "x86_64", "threads": 1, "cuda": None}
+    gpu = {"torch": "2.11.0+cu130", "device": "cuda", "cpu": "x86_64", "threads": 1, "cuda": "NVIDIA H200"}
+    cells = {"0.5": {m: [{"seed": s, "machine": gpu if s >= 6 else cpu} for s in range(8)]
+                     for m in ("ddpg", "random")}}
+    found = cell_machines(cells)
+    assert [e["seeds"] for e in found["machines"]] == [{"0.5": [0, 1, 2, 3, 4, 5]}, {"0.5": [6, 7]}]
+    assert found["mixed_seeds"] == {}
+    block = headline_markdown({**json.loads(json.dumps(results)), "cell_machines": found}, "run/results.json")
+    text = " ".join(block.split())
+    assert ("Cells ran on: seeds 0-5 on cpu (torch 2.13.0+cpu, 1 thread(s) per process); seeds 6, 7 on cuda "
+            "(NVIDIA H200, torch 2.11.0+cu130, 1 thread(s) per process). Every method of a seed ran on the same "
+            "machine") in text
+    cells["0.5"]["random"][2]["machine"] = gpu  # seed 2's random search elsewhere than its DDPG search
+    found = cell_machines(cells)
+    assert found["mixed_seeds"] == {"0.5": [2]}
+    block = headline_markdown({**json.loads(json.dumps(results)), "cell_machines": found}, "run/results.json")
+    assert "Seeds whose methods ran on different machines: [2] at 50%." in " ".join(block.split())
 
 
 def test_surrogate_agents_script_fits_the_logged_loss_and_runs_each_setting(tmp_path: Path,

@@ -38,8 +38,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from amc.atomic import atomic_write_json, atomic_write_text
 from amc.bench.common import finetune_pruned
-from amc.bench.compare_stats import (METRICS, best_so_far, episodes_to_95, paired, read_episodes, search_failed,
-                                     summarize, wins)
+from amc.bench.compare_stats import (METRICS, best_so_far, cell_machines, episodes_to_95, paired, read_episodes,
+                                     search_failed, summarize, wins)
 from amc.config import compose_config, config_number, output_dir, plain, search_split
 from amc.console import (ProgressLog, console, fmt_interval, fmt_mean_std, fmt_number, is_terminal, log_line,
                          print_table)
@@ -565,7 +565,7 @@ class CompareBench:
             failed[budget.key] = [seed for seed, log in logs.items() if search_failed(read_episodes(log))]
         results = {"budgets": summary, "wins": wins(summary, self.margin),
                    "paired": {"map_finetuned": paired(cells, "map_finetuned"), "map_full": paired(cells, "map_full")},
-                   "ddpg_failed_seeds": failed,
+                   "ddpg_failed_seeds": failed, "cell_machines": cell_machines(cells),
                    "unpruned": unpruned, "settings": self._settings(),
                    "wall_s": time.perf_counter() - started}
         self._report(results, cells)

@@ -88,6 +88,32 @@ def summarize(cells: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, di
     return out
 
 
+def cell_machines(cells: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """Where the cells ran: ``machines``, one entry per distinct machine record (torch, device, CPU, threads, GPU)
+    with the seeds that ran there per budget, and ``mixed_seeds``: per budget, the seeds whose methods did not all
+    run on one machine (their paired differences then carry the machines' difference too).
+
+    A bench may be finished on another machine seed by seed (a FLOPs cell's fingerprint leaves out where it ran),
+    so the results say which seeds came from where rather than naming one machine for all.
+    """
+    entries: dict[str, dict[str, Any]] = {}
+    per_seed: dict[tuple[str, int], set[str]] = {}
+    for key, methods in cells.items():
+        for records in methods.values():
+            for r in records:
+                machine = r.get("machine") or {}
+                label = repr(sorted(machine.items()))
+                seeds = entries.setdefault(label, {"machine": machine, "seeds": {}})["seeds"].setdefault(key, set())
+                seeds.add(r["seed"])
+                per_seed.setdefault((key, r["seed"]), set()).add(label)
+    mixed: dict[str, list[int]] = {}
+    for (key, seed), labels in sorted(per_seed.items()):
+        if len(labels) > 1:
+            mixed.setdefault(key, []).append(seed)
+    return {"machines": [{"machine": e["machine"], "seeds": {k: sorted(v) for k, v in e["seeds"].items()}}
+                         for e in entries.values()], "mixed_seeds": mixed}
+
+
 def wins(summary: dict[str, dict[str, dict[str, Any]]], margin: float) -> dict[str, dict[str, Any]]:
     """Per budget, whether ddpg's mean mAP >= uniform's + ``margin`` and >= random's and global magnitude's.
 

@@ -102,11 +102,46 @@ def _notes(results: dict[str, Any], counts: dict[str, int]) -> str:
     if floor:
         notes.append("The fine-tune's own noise (the sd over seeds of uniform / global magnitude, whose policy is the "
                      "same for every seed): " + ", ".join(floor) + ".")
-    machine = results["settings"].get("machine") or {}
-    if machine:
-        notes.append(f"Cells ran on {machine.get('device', '?')} (torch {machine.get('torch', '?')}, "
-                     f"{machine.get('threads', '?')} thread(s) per process).")
-    return " ".join(notes)
+    notes.append(_where(results))
+    return " ".join(n for n in notes if n)
+
+
+def _machine_name(machine: dict[str, Any]) -> str:
+    gpu = f"{machine['cuda']}, " if machine.get("cuda") else ""
+    return (f"{machine.get('device', '?')} ({gpu}torch {machine.get('torch', '?')}, {machine.get('threads', '?')} "
+            f"thread(s) per process)")
+
+
+def _seed_list(seeds: list[int]) -> str:
+    """``[0, 1, 2, 5]`` as ``0-2, 5``."""
+    runs: list[list[int]] = []
+    for s in sorted(seeds):
+        if runs and s == runs[-1][-1] + 1:
+            runs[-1].append(s)
+        else:
+            runs.append([s])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
+
+
+def _where(results: dict[str, Any]) -> str:
+    """Where the cells ran: the one machine, or each machine with its seeds (a bench finished elsewhere)."""
+    found = results.get("cell_machines")
+    if not found:  # results written before the cells' machines were summarized: the reporting process's
+        machine = results["settings"].get("machine") or {}
+        return f"Cells ran on {_machine_name(machine)}." if machine else ""
+    machines = found["machines"]
+    if len(machines) == 1:
+        return f"Cells ran on {_machine_name(machines[0]['machine'])}."
+    parts = []
+    for entry in machines:
+        seeds = sorted({s for v in entry["seeds"].values() for s in v})
+        parts.append(f"seeds {_seed_list(seeds)} on {_machine_name(entry['machine'])}")
+    mixed = found.get("mixed_seeds") or {}
+    tail = (" Every method of a seed ran on the same machine, so each paired difference is measured on one."
+            if not any(mixed.values()) else
+            " Seeds whose methods ran on different machines: "
+            + ", ".join(f"{v} at {_pct(k)}" for k, v in mixed.items() if v) + ".")
+    return "Cells ran on: " + "; ".join(parts) + "." + tail
 
 
 def replace_block(text: str, block: str) -> str:
