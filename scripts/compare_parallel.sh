@@ -13,7 +13,7 @@
 #                                         searches side by side (a machine with more cores than (budget, seed)s)
 #   TABLE=1                               0: skip the closing table (the seeds before FIRST_SEED are not here)
 #   BENCH=compare                         the bench config: compare, or its preset compare-recovery (conf/bench/)
-#   JOBS=0                                processes at once (0 = every (budget, seed) at once); seed-major order, so
+#   JOBS=0                                processes at once (0 = every process at once); seed-major order, so
 #                                         an interrupted run has whole seeds finished first
 #   TIMEOUT=0                             seconds each process may run (0 = no limit); finished cells are kept
 #   PYTHON=python3                        the interpreter amc is installed in (e.g. .venv/bin/python)
