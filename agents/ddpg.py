@@ -67,7 +67,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from stable_baselines3.td3.policies import TD3Policy
 from torch.nn import functional as F
 
-from agents.base import BudgetCentredSampler, EpisodeReport, Rollout, SearchAgent, ratio_bounds
+from agents.base import AGENT_FILE, BudgetCentredSampler, EpisodeReport, Rollout, SearchAgent, ratio_bounds
 from agents.checkpoint import (MIN_UNPACK_BYTES, read_npz, read_sb3_data, read_sb3_zip, unpack_limit, write_npz)
 from agents.noise import TruncatedNormalNoise
 from amc.atomic import atomic_file
@@ -374,8 +374,16 @@ class AMCDDPG(DDPG):
             else:
                 raise ValueError("unknown optimizer: AMCDDPG has an actor and a critic optimizer only")
 
-    def train(self, gradient_steps: int, batch_size: int = 64) -> dict[str, float]:  # type: ignore[override]
+    def train(self, gradient_steps: int, batch_size: int = 64,  # type: ignore[override]
+              imitate: tuple[float, np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
         """``gradient_steps`` DDPG updates (critic, then actor, then soft target updates, as AMC and SB3 do).
+
+        Args:
+            gradient_steps: how many updates.
+            batch_size: the minibatch of each.
+            imitate: ``(weight, observations, actions)``: add ``weight`` x the mean squared distance of the actor's
+                actions on ``observations`` to ``actions`` (the best episode so far) to every actor loss
+                (:class:`DDPGAgent`'s ``imitate_best``); None: plain DDPG.
 
         Returns:
             the mean actor and critic losses, the reward baseline after the updates and the step count.
@@ -384,6 +392,10 @@ class AMCDDPG(DDPG):
         self.policy.set_training_mode(True)
         self._update_learning_rate([self.actor.optimizer, self.critic.optimizer])
         actor_losses, critic_losses = [], []
+        if imitate is not None:
+            weight = float(imitate[0])
+            best_obs = torch.as_tensor(np.asarray(imitate[1], np.float32), device=self.device)
+            best_actions = torch.as_tensor(np.asarray(imitate[2], np.float32), device=self.device)
         for _ in range(gradient_steps):
             self._n_updates += 1
             data = self.replay_buffer.sample(batch_size)
@@ -406,6 +418,8 @@ class AMCDDPG(DDPG):
             self.critic.optimizer.step()
 
             actor_loss = -self.critic.q1_forward(data.observations, self.actor(data.observations)).mean()
+            if imitate is not None:
+                actor_loss = actor_loss + weight * F.mse_loss(self.actor(best_obs), best_actions)
             self.actor.optimizer.zero_grad()
             actor_loss.backward()
             self.actor.optimizer.step()
@@ -546,6 +560,10 @@ class DDPGAgent(SearchAgent):
         device: torch device of the networks ("cpu": the networks are tiny; also what determinism is tested on).
         warmup_around_budget: warm-up ratios spread around the budget's uniform ratio
             (:class:`~agents.base.BudgetCentredSampler`) instead of AMC's uniform actions.
+        imitate_best: weight of a behaviour-cloning term in the actor's loss that pulls its actions towards
+            those of the best episode so far (its observations and applied actions; self-imitation, Oh et al.,
+            ICML 2018); 0 (AMC) leaves the actor to the critic alone. Why: with one reward shared by every unit's
+            decision the critic's action gradient is weak, and nothing holds the actor near what has scored best.
     """
 
     name = "ddpg"
@@ -554,7 +572,8 @@ class DDPGAgent(SearchAgent):
                  actor_hidden: Sequence[int] = (300, 300), critic_hidden: Sequence[int] = (300, 300),
                  lr_actor: float = 1e-4, lr_critic: float = 1e-3, batch_size: int = 64, tau: float = 0.01,
                  discount: float = 1.0, replay_episodes: int = 100, sigma: float = 0.5, sigma_decay: float = 0.95,
-                 moving_alpha: float = 0.5, device: str = "cpu", warmup_around_budget: bool = False) -> None:
+                 moving_alpha: float = 0.5, device: str = "cpu", warmup_around_budget: bool = False,
+                 imitate_best: float = 0.0) -> None:
         super().__init__(env, seed)
         actor_hidden, critic_hidden = [int(w) for w in actor_hidden], [int(w) for w in critic_hidden]
         _check(int(warmup) >= 0, f"agent warmup must be >= 0 episodes, got {warmup}")
@@ -570,6 +589,8 @@ class DDPGAgent(SearchAgent):
         _check(math.isfinite(sigma) and sigma >= 0, f"agent sigma must be >= 0 (ratio units), got {sigma}")
         _check(0 < sigma_decay <= 1, f"agent sigma_decay must be in (0, 1], got {sigma_decay}")
         _check(0 < moving_alpha <= 1, f"agent moving_alpha must be in (0, 1], got {moving_alpha}")
+        _check(math.isfinite(imitate_best) and imitate_best >= 0, f"agent imitate_best must be >= 0, got "
+                                                                  f"{imitate_best}")
         n_units = int(env.unwrapped.n_units)  # type: ignore[attr-defined]
         lo, hi = ratio_bounds(env)
         _check(hi > lo, f"the environment's ratio_bounds must have lo < hi, got ({lo}, {hi})")
@@ -577,11 +598,17 @@ class DDPGAgent(SearchAgent):
                             lr_actor=float(lr_actor), lr_critic=float(lr_critic), batch_size=int(batch_size),
                             tau=float(tau), discount=float(discount), replay_episodes=int(replay_episodes),
                             sigma=float(sigma), sigma_decay=float(sigma_decay), moving_alpha=float(moving_alpha),
-                            device=str(device), warmup_around_budget=bool(warmup_around_budget))
+                            device=str(device), warmup_around_budget=bool(warmup_around_budget),
+                            imitate_best=float(imitate_best))
         # AMC's warm-up draws uniform actions; around the budget, the replay buffer starts with policies that
         # spend the budget (see BudgetCentredSampler) instead of mostly far-under-budget ones
         self._warmup_sample = BudgetCentredSampler(env) if warmup_around_budget else None
         self.warmup, self.batch_size, self.n_units = int(warmup), int(batch_size), n_units
+        self.imitate_best = float(imitate_best)
+        # the best episode so far (imitate_best): its reward, observations (n_units, obs) and applied actions
+        self.best_reward = -math.inf
+        self.best_obs: np.ndarray | None = None
+        self.best_actions: np.ndarray | None = None
         self.sigma, self.sigma_decay = float(sigma), float(sigma_decay)
         # sigma is configured in ratio units (AMC's actions are ratios); the actions span [lo, hi] over [-1, 1]
         self.action_per_ratio = 2.0 / (hi - lo)
@@ -653,16 +680,31 @@ class DDPGAgent(SearchAgent):
         reward, done = np.array([rollout.reward], np.float32), np.array([True])
         for t in rollout.transitions:
             self.replay_buffer.add(t.obs[None], t.next_obs[None], t.action[None], reward, done, [{}])
+        if self.imitate_best > 0 and rollout.reward > self.best_reward:
+            self.best_reward = float(rollout.reward)
+            self.best_obs = np.stack([t.obs for t in rollout.transitions]).astype(np.float32)
+            self.best_actions = np.stack([t.action for t in rollout.transitions]).astype(np.float32)
         metrics = {"sigma": self.sigma_at(self.episodes_done), "replay_size": float(self.replay_buffer.size())}
         if k >= 0:  # AMC: one gradient step per transition of the episode, once the warm-up is over
+            imitate = ((self.imitate_best, self.best_obs, self.best_actions) if self.best_obs is not None
+                       else None)
             with single_thread():
-                metrics.update(self.model.train(len(rollout.transitions), self.batch_size))
+                metrics.update(self.model.train(len(rollout.transitions), self.batch_size, imitate))
         self.episodes_done += 1
         return self.report(rollout, "warmup" if k < 0 else "explore", started, metrics)
 
     # -- checkpoints ----------------------------------------------------------------------------------------
 
     checkpoint_files = (MODEL_FILE, REPLAY_FILE)
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """The base meta plus, with ``imitate_best``, the best episode so far (plain JSON lists: n_units x 12
+        numbers)."""
+        meta = super().checkpoint_meta()
+        if self.best_obs is not None:
+            meta["best_episode"] = {"reward": self.best_reward, "obs": self.best_obs.tolist(),
+                                    "actions": self.best_actions.tolist()}
+        return meta
 
     def save_files(self, folder: Path) -> None:
         """The networks and optimizers as stable-baselines3's zip (:data:`MODEL_FILE`), the replay buffer as an
@@ -678,6 +720,28 @@ class DDPGAgent(SearchAgent):
         self.model.restore(folder / MODEL_FILE)
         self.model.load_replay_buffer(folder / REPLAY_FILE)
         super().restore(folder, meta)
+        self._restore_best(meta.get("best_episode"), folder)
+
+    def _restore_best(self, best: Any, folder: Path) -> None:
+        """The best episode of a checkpoint's meta (``imitate_best``), shapes and values checked first."""
+        if best is None:
+            return
+        where = folder / AGENT_FILE
+        obs_dim = int(np.prod(self.env.observation_space.shape or (1,)))
+        try:
+            reward = float(best["reward"])
+            obs, actions = best["obs"], best["actions"]
+            # sizes checked on the lists before any array is built from them
+            if (not isinstance(obs, list) or not isinstance(actions, list) or len(obs) != self.n_units
+                    or len(actions) != self.n_units or any(not isinstance(o, list) or len(o) != obs_dim for o in obs)
+                    or any(not isinstance(a, list) or len(a) != 1 for a in actions)):
+                raise ValueError(f"the best episode is not {self.n_units} x ({obs_dim} + 1) numbers")
+            obs_a, act_a = np.array(obs, dtype=np.float32), np.array(actions, dtype=np.float32)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{where}: best_episode is malformed ({e})") from None
+        if not (math.isfinite(reward) and np.isfinite(obs_a).all() and np.isfinite(act_a).all()):
+            raise CheckpointError(f"{where}: best_episode holds non-finite numbers")
+        self.best_reward, self.best_obs, self.best_actions = reward, obs_a, act_a
 
     @classmethod
     def state_bytes(cls, options: Mapping[str, Any], env: gymnasium.Env) -> int:

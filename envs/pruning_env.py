@@ -4,7 +4,8 @@ An episode walks the units of a :class:`~amc.pruning.space.PruningSpace` in forw
 agent sees AMC's embedding of the current unit (He et al. 2018, section 3.1; ``env/channel_pruning_env.py`` of
 github.com/mit-han-lab/amc) and answers with one action in ``[-1, 1]``, mapped linearly to a sparsity ratio in
 ``ratio_bounds``. :class:`~amc.pruning.budget.BudgetEnforcer` raises the ratio where needed so that the policy can
-still meet the budget (AMC's action wall), the applied ratio is recorded, and after the last unit the whole
+still meet the budget (AMC's action wall) and, with ``spend_budget``, lowers it where the policy would otherwise
+prune past the budget, the applied ratio is recorded, and after the last unit the whole
 policy is evaluated once: the reward is 0 at every step but the last, which gets ``reward(evaluate(ratios))``.
 
 Example::
@@ -65,6 +66,11 @@ class PruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             and a unit kept light raises the share of every later unit a little instead of leaving the wall to
             prune the last units to ``hi``, where no action of theirs changes anything (why: an AMC agent whose
             first units ask too little sat in that corner for a whole search, README "Does the search pay?").
+        spend_budget: the wall's other side (:class:`~amc.pruning.budget.BudgetEnforcer`'s ``spend``): a ratio is
+            also *lowered* where the units left could no longer use the budget it leaves (every later unit at
+            ``lo``), so every policy keeps as much of the budget as the width steps allow instead of pruning past
+            it. AMC lets a policy prune past a FLOPs budget, which only costs accuracy; a DDPG actor drifted there
+            and failed its search (issue 20, docs/results.md).
 
     Observation (``Box(0, 1, (11,), float32)``, see :data:`FEATURES`): AMC's layer embedding of the unit about to
     be decided: its index, kind, input and output channels, kernel, stride, feature-map size (h x w) and FLOPs
@@ -87,7 +93,7 @@ class PruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
 
     def __init__(self, space: PruningSpace, evaluate: Callable[[np.ndarray], EpisodeOutcome],
                  reward: RewardFunction, budget: Budget, ratio_bounds: Sequence[float] = (0.0, 0.8),
-                 latency_table: Any = None, action_mode: str = "absolute") -> None:
+                 latency_table: Any = None, action_mode: str = "absolute", spend_budget: bool = False) -> None:
         if action_mode not in ACTION_MODES:
             raise ConfigError(f"action_mode must be one of {', '.join(ACTION_MODES)}, got {action_mode!r}")
         try:
@@ -104,8 +110,9 @@ class PruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self.budget = budget
         self.ratio_bounds = (lo, hi)
         self.action_mode = action_mode
+        self.spend_budget = bool(spend_budget)
         self.latency_table = latency_table
-        self.enforcer = BudgetEnforcer(space, budget, latency_table, upper=hi)
+        self.enforcer = BudgetEnforcer(space, budget, latency_table, upper=hi, lower=lo, spend=spend_budget)
         self.n_units = space.n_units
         self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
         self.observation_space = spaces.Box(0.0, 1.0, (len(FEATURES),), np.float32)

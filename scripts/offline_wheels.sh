@@ -1,4 +1,4 @@
-# Sourced by the device scripts (gpu_checks.sh, gpu_compare.sh, compare_parallel.sh), from the repository root.
+# Sourced by the device scripts (gpu_checks.sh, gpu_compare_seeds.sh, compare_parallel.sh), from the repository root.
 # A machine without package registries may lack amc's dependencies: their wheels may sit in .whl/ (git-ignored).
 # Unless ${PYTHON:-python3} already imports them, install those wheels into /tmp/site and put it on PYTHONPATH.
 if ! "${PYTHON:-python3}" -c "import hydra, gymnasium, stable_baselines3, pycocotools, torch_pruning, submitit" \

@@ -4,6 +4,7 @@ and the random and uniform baselines, on the instant toy environment of tests/to
 from __future__ import annotations
 
 import inspect
+import json
 import math
 from pathlib import Path
 
@@ -389,3 +390,56 @@ def test_agents_on_the_real_pruning_env_with_the_stub_evaluator(tmp_path):
     make_agent("uniform", uniform_env, 0).run(5, uniform.append)
     assert len(uniform) == 1 and uniform[0].info["cost"]["flops_ratio"] <= 0.5 + 1e-9
     assert min(info["requested_ratio"] for info in uniform_env.infos) >= uniform_env.unwrapped.uniform_ratio()
+
+
+# -- imitate_best: self-imitation of the best episode ------------------------------------------------------------
+
+def test_imitate_best_pulls_the_actor_to_the_best_episode_and_resumes_exactly(tmp_path):
+    """imitate_best > 0 keeps the best episode's observations and applied actions, adds their cloning loss to the
+    actor's, and a resumed search continues bit-identically (the best episode travels in agent.json); 0 is AMC's
+    update, untouched."""
+    def distance(agent: DDPGAgent) -> float:
+        with torch.no_grad():
+            mu = agent.model.actor(torch.as_tensor(agent.best_obs)).numpy()
+        return float(np.mean((mu - agent.best_actions) ** 2))
+
+    plain, pulled = ddpg(4, warmup=3), ddpg(4, warmup=3, imitate_best=10.0)
+    plain.run(3)
+    pulled.run(3)
+    assert plain.best_obs is None and pulled.best_obs is not None
+    assert pulled.best_obs.shape[0] == pulled.n_units and pulled.best_actions.shape == (pulled.n_units, 1)
+    before = distance(pulled)
+    plain.run(9)
+    pulled.run(9)
+    assert distance(pulled) < before  # the actor moved towards the best episode's actions
+
+    full_env = Recorder(ToyPruningEnv())
+    full = ddpg(5, env=full_env, warmup=2, imitate_best=1.0)
+    full.run(8)
+    first = ddpg(5, env=Recorder(ToyPruningEnv()), warmup=2, imitate_best=1.0)
+    first.run(5, lambda report: first.save(tmp_path))
+    resumed_env = Recorder(ToyPruningEnv())
+    resumed = SearchAgent.load(tmp_path, resumed_env)
+    assert resumed.options["imitate_best"] == 1.0 and resumed.best_reward == first.best_reward
+    resumed.run(8)
+    assert resumed_env.actions == full_env.actions[30:]
+    assert same_state(actor_state(resumed), actor_state(full))
+    np.testing.assert_array_equal(resumed.best_actions, full.best_actions)
+
+
+@pytest.mark.parametrize("damage", ["short", "nan", "not a list"])
+def test_a_malformed_best_episode_is_refused(tmp_path, damage):
+    agent = ddpg(warmup=1, imitate_best=1.0)
+    agent.run(2)
+    agent.save(tmp_path)
+    meta = json.loads((tmp_path / AGENT_FILE).read_text())
+    best = meta["best_episode"]
+    if damage == "short":
+        best["obs"] = best["obs"][:-1]
+    elif damage == "nan":
+        best["actions"][0] = [float("nan")]
+    else:
+        best["actions"] = "1e9"
+    (tmp_path / AGENT_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="best_episode"):
+        SearchAgent.load(tmp_path, Recorder(ToyPruningEnv()))

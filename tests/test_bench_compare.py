@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from amc.bench import compare
 from amc.bench.compare import CompareBench, _changed_settings, compare_bench
@@ -335,6 +335,26 @@ def test_corner_script_agrees_with_the_benchs_failed_seeds(tmp_path: Path) -> No
     assert empty.returncode == 2 and empty.stderr.startswith("error: no DDPG search")
 
 
+def test_variant_script_pairs_a_settings_cells_with_the_shipped_bench(tmp_path: Path) -> None:
+    """scripts/compare_variant.py sets a run's DDPG cells beside the shipped bench's, seed by seed: the shipped run
+    against itself differs by exactly 0 from the shipped DDPG and agrees with results.json on random search and on
+    the failed seeds; a run without DDPG cells is one error line, exit 2."""
+    root = Path(__file__).parents[1]
+    shipped = root / "docs" / "results" / "compare-heldout"
+    script = [sys.executable, str(root / "scripts" / "compare_variant.py")]
+    done = subprocess.run([*script, str(shipped), "--base", str(shipped), "--json", str(tmp_path / "v.json")],
+                          capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads((tmp_path / "v.json").read_text())
+    results = json.loads((shipped / "results.json").read_text())
+    assert figures["paired"]["shipped_ddpg"]["mean"] == 0.0 and figures["paired"]["shipped_ddpg"]["ties"] == 8
+    shipped_random = results["paired"]["map_finetuned"]["0.5"]["random"]
+    assert figures["paired"]["random"]["mean"] == pytest.approx(shipped_random["mean"])
+    assert figures["failed_seeds"] == figures["shipped_failed_seeds"] == results["ddpg_failed_seeds"]["0.5"]
+    empty = subprocess.run([*script, str(tmp_path)], capture_output=True, text=True, cwd=root)
+    assert empty.returncode == 2 and empty.stderr.startswith("error: no DDPG cells")
+
+
 def test_headline_block_says_what_was_measured_and_replaces_only_itself(finished):
     """The headline rendering of a results.json: seeds finished of those asked, every method's row, nothing made up
     for a skipped fine-tune; the README block between the markers is replaced, a README without them refused."""
@@ -374,7 +394,7 @@ def test_cells_from_two_machines_are_said_seed_by_seed(finished):
     found = cell_machines(cells)
     assert found["mixed_seeds"] == {"0.5": [2]}
     block = headline_markdown({**json.loads(json.dumps(results)), "cell_machines": found}, "run/results.json")
-    assert "Seeds whose methods ran on different machines: [2] at 50%." in " ".join(block.split())
+    assert "Seeds whose methods ran on different machines: 2 at 50%." in " ".join(block.split())
 
 
 def test_surrogate_agents_script_fits_the_logged_loss_and_runs_each_setting(tmp_path: Path,
@@ -531,6 +551,28 @@ def test_where_a_flops_cell_runs_is_not_part_of_its_fingerprint(tmp_path):
     key = ("0.7", "ddpg", 0)
     assert cpu._cell_fingerprint(cpu.cfgs[key]) == gpu._cell_fingerprint(gpu.cfgs[key])
     assert cpu._cell_fingerprint(cpu.cfgs[key]) != cpu._cell_fingerprint(cpu.cfgs[("0.7", "random", 0)])
+
+
+def test_spend_budget_is_a_setting_of_searches_only_and_off_is_the_old_wall(tmp_path):
+    """spend_budget=false is the wall of benches run before the knob (their cells read back: same fingerprint as a
+    config without the key); on, it is a setting of the searching methods' cells, not of the baselines' (their
+    policies never step the environment); a value that is not a boolean fails before any work."""
+    def bench(name, *items):
+        cfg = tiny_cfg("bench.methods=[ddpg,uniform]")
+        OmegaConf.update(cfg, "bench.search.overrides", ["evaluator=stub", *items])
+        return CompareBench(cfg, tmp_path / name)
+
+    plain, off, on = bench("a"), bench("b", "spend_budget=false"), bench("c", "spend_budget=true")
+    ddpg, uniform = ("0.7", "ddpg", 0), ("0.7", "uniform", 0)
+    legacy = plain.cfgs[ddpg].copy()
+    with open_dict(legacy):
+        del legacy["spend_budget"]
+    assert plain._cell_fingerprint(legacy) == off._cell_fingerprint(off.cfgs[ddpg])
+    assert on._cell_fingerprint(on.cfgs[ddpg]) != off._cell_fingerprint(off.cfgs[ddpg])
+    assert (on._cell_fingerprint(on.cfgs[uniform], "uniform")
+            == off._cell_fingerprint(off.cfgs[uniform], "uniform"))
+    with pytest.raises(ConfigError, match="spend_budget must be true or false"):
+        bench("d", "spend_budget=3")
 
 
 def test_what_a_search_shows_saves_or_reports_is_not_part_of_a_cell_fingerprint(tmp_path):

@@ -520,3 +520,44 @@ def test_centred_actions_put_action_zero_on_the_uniform_ratio(space):
     centred_flops = steps[-1][4]["cost"]["flops_ratio"]  # uniform pruning (coarse rounding on this small model)
     assert centred_flops == pytest.approx(uniform_policy(space, 0.7).flops_ratio)
     assert play(absolute, lambda t: 0.0)[-1][4]["cost"]["flops_ratio"] < centred_flops - 0.1
+
+
+# ---------------------------------------------------------------- spend_budget: the wall's other side
+@pytest.mark.parametrize("metric", ["flops", "params", "latency"])
+def test_spend_budget_keeps_every_policy_at_the_budget(space, table, metric):
+    """spend_budget: a policy never prunes past the budget by more than the last units' width steps allow, whatever
+    the actions (all +1 included: the plain wall lets that policy prune everything to the upper bound), and still
+    meets it; ratios are only ever lowered to the low bound, never below."""
+    full = metric_cost(space, table, metric, space.full_widths)
+    slack = 0.02 if metric == "params" else 0.01  # the last units' width steps: coarsest in parameters
+    for fraction in fractions_for(space, table, metric)[2:4]:
+        limit = fraction * full
+        for bounds in ((0.0, 0.8), (0.1, 0.8)):
+            env = make_env(space, metric, fraction, table, ratio_bounds=bounds, spend_budget=True)
+            for seed in range(6):
+                rng = np.random.default_rng(seed)
+                actions = rng.uniform(-1, 1, space.n_units) if seed % 2 else np.ones(space.n_units)
+                steps = play(env, actions)
+                info = steps[-1][4]
+                cost = metric_cost(space, table, metric, info["kept"])
+                assert limit * (1 - slack / fraction) <= cost <= limit, (metric, fraction, bounds, seed)
+                assert np.all(info["ratios"] >= bounds[0]) and np.all(info["ratios"] <= bounds[1])
+                assert np.array_equal(info["kept"], space.kept_channels(info["ratios"]))
+        plain = make_env(space, metric, fraction, table)
+        plain_cost = metric_cost(space, table, metric, play(plain, np.ones(space.n_units))[-1][4]["kept"])
+        assert plain_cost < limit * 0.8  # without the knob, pruning everything hard stays far past the budget
+
+
+def test_spend_budget_leaves_requests_alone_until_the_end(space):
+    """The cap only bites where the units left could no longer spend the budget: early units keep their request,
+    and uniform pruning at the budget (action 0, centred) is the same policy with or without the knob but for the
+    last units, which spend what the rounding of the uniform ratio left (never narrower)."""
+    env = make_env(space, "flops", 0.5, spend_budget=True, action_mode="centred")
+    steps = play(env, np.ones(space.n_units))
+    lowered = [t for t, s in enumerate(steps) if s[4]["ratio"] < s[4]["requested_ratio"]]
+    assert lowered and min(lowered) > space.n_units // 2
+    plain = make_env(space, "flops", 0.5, action_mode="centred")
+    spent, uniform = play(env, lambda t: 0.0)[-1][4], play(plain, lambda t: 0.0)[-1][4]
+    changed = np.flatnonzero(spent["kept"] != uniform["kept"])
+    assert np.all(spent["kept"] >= uniform["kept"]) and (changed.size == 0 or changed.min() > space.n_units // 2)
+    assert uniform["cost"]["flops_ratio"] <= spent["cost"]["flops_ratio"] <= 0.5

@@ -355,7 +355,7 @@ class CompareBench:
         """Where a finished cell's record lives."""
         return self.out / CELLS_DIR / budget.dirname / method / f"seed{seed}.json"
 
-    def _result_settings(self, cfg: DictConfig) -> dict[str, Any]:
+    def _result_settings(self, cfg: DictConfig, method: str = "ddpg") -> dict[str, Any]:
         """The settings a cell's result depends on: its search's config, the full-val scoring and the fine-tune.
 
         Left out, so that a bench continued by a later amc (or with another display) still reads its cells back:
@@ -363,18 +363,22 @@ class CompareBench:
         a search resume may change too), and for FLOPs and params budgets where it ran (``device``,
         ``worker_devices``): a bench started on a CPU may be finished on a GPU, seed by seed; each cell records
         its machine, and the results say how far a re-run elsewhere moves a cell. A latency budget is measured on
-        its device: there the device is a setting.
+        its device: there the device is a setting. ``spend_budget`` is left out where it is off (the wall of the
+        benches run before the knob) and for the baselines (``method`` not a search: their policies never step
+        the environment's wall).
         """
         search = plain(cfg)
         for key in [*RESULT_NEUTRAL, "resume"]:
             _pop_dotted(search, key)
+        if method not in SEARCH_METHODS or not search.get("spend_budget"):
+            search.pop("spend_budget", None)
         if search.get("budget", {}).get("metric") != "latency":
             search.pop("device", None)
             search.pop("worker_devices", None)
         return {"search": search, "full": plain(self.b.full), "finetune": plain(self.b.finetune)}
 
-    def _cell_fingerprint(self, cfg: DictConfig) -> str:
-        return _fingerprint(self._result_settings(cfg))
+    def _cell_fingerprint(self, cfg: DictConfig, method: str = "ddpg") -> str:
+        return _fingerprint(self._result_settings(cfg, method))
 
     def _run_cell(self, budget: CompareBudget, method: str, seed: int) -> dict[str, Any]:
         cfg = self.cfgs[(budget.key, method, seed)]
@@ -396,7 +400,7 @@ class CompareBench:
         t0 = time.perf_counter()
         record["map_full"], record["map_finetuned"] = self._score(prune_model(setup.model, space, selection), seed)
         record["score_s"] = time.perf_counter() - t0
-        settings = self._result_settings(cfg)
+        settings = self._result_settings(cfg, method)
         record.update(budget=budget.key, method=method, seed=seed, fingerprint=_fingerprint(settings),
                       settings=settings,
                       machine=_machine(self.device),
@@ -471,8 +475,8 @@ class CompareBench:
             return None
         record = json.loads(path.read_text())
         cfg = self.cfgs[(budget.key, method, seed)]
-        if record.get("fingerprint") != self._cell_fingerprint(cfg):
-            changed = _changed_settings(record.get("settings"), self._result_settings(cfg))
+        if record.get("fingerprint") != self._cell_fingerprint(cfg, method):
+            changed = _changed_settings(record.get("settings"), self._result_settings(cfg, method))
             raise ConfigError(f"{path} was computed with other settings than this run's{changed}: resume "
                               f"with the same settings, or choose a new run directory")
         return record

@@ -140,7 +140,7 @@ def _where(results: dict[str, Any]) -> str:
     tail = (" Every method of a seed ran on the same machine, so each paired difference is measured on one."
             if not any(mixed.values()) else
             " Seeds whose methods ran on different machines: "
-            + ", ".join(f"{v} at {_pct(k)}" for k, v in mixed.items() if v) + ".")
+            + "; ".join(f"{_seed_list(v)} at {_pct(k)}" for k, v in mixed.items() if v) + ".")
     return "Cells ran on: " + "; ".join(parts) + "." + tail
 
 

@@ -93,12 +93,19 @@ class BudgetEnforcer:
             budget; anything with its ``estimate_batch(widths)`` and ``check_space(space)`` works).
         upper: the largest ratio any unit may get (default ``space.rounding.max_ratio``); the cheapest
             completion of a partial policy has every remaining unit at this ratio.
+        lower: the smallest ratio any unit may get (default 0); the most generous completion of a partial policy
+            has every remaining unit at this ratio.
+        spend: also the wall's other side: lower a unit's ratio just enough that the most generous completion
+            still reaches the limit, so that a policy never leaves budget unspent (beyond what the last unit's
+            width steps allow). Why: pruning past the budget only costs accuracy, and an agent whose actor drifts
+            there wastes its episodes (issue 20: a DDPG search at 50% FLOPs whose last 15 policies kept 0.455 of
+            the FLOPs, its best a warm-up draw; docs/results.md).
 
     Attributes:
         full: the budget metric of the unpruned model (MACs, parameters or ms).
         limit: ``budget.fraction * full``: a policy fits when its cost is at most this.
         min_fraction: the smallest fraction reachable (every unit at ``upper``).
-        full_widths, upper_widths: every unit's width unpruned and at ``upper``.
+        full_widths, upper_widths, lower_widths: every unit's width unpruned, at ``upper`` and at ``lower``.
         widths, thresholds: per unit, every width it can keep (widest first) and the smallest ratio keeping it
             (``space.kept_channels`` keeps ``widths[u][k]`` for ratios in ``[thresholds[u][k], thresholds[u][k+1])``).
 
@@ -108,23 +115,28 @@ class BudgetEnforcer:
     """
 
     def __init__(self, space: PruningSpace, budget: Budget, latency_table: Any = None,
-                 upper: float | None = None) -> None:
+                 upper: float | None = None, lower: float = 0.0, spend: bool = False) -> None:
         if not isinstance(budget, Budget):
             raise ConfigError(f"budget must be an amc.pruning.budget.Budget, got {type(budget).__name__}")
         max_ratio = float(space.rounding.max_ratio)
         upper = max_ratio if upper is None else float(upper)
         if not 0.0 <= upper <= max_ratio:
             raise ConfigError(f"upper ratio bound {upper} is outside [0, {max_ratio}] (pruning.max_ratio)")
+        lower = float(lower)
+        if not 0.0 <= lower <= upper:
+            raise ConfigError(f"lower ratio bound {lower} is outside [0, {upper}] (the upper bound)")
         if budget.metric == "latency":
             if latency_table is None:
                 raise ConfigError("a latency budget needs a latency table (build one with amc-bench latency-table "
                                   "or budget on flops or params)")
             latency_table.check_space(space)
         self.space, self.budget, self.latency_table, self.upper = space, budget, latency_table, upper
+        self.lower, self.spend = lower, bool(spend)
         self.n_units = space.n_units
         self.full_widths = space.full_widths  # cached: the space recomputes it on every access
         self.widths, self.thresholds = _reachable_widths(space)
         self.upper_widths = np.array([self._width(u, upper) for u in range(self.n_units)], dtype=np.int64)
+        self.lower_widths = np.array([self._width(u, lower) for u in range(self.n_units)], dtype=np.int64)
         self.full = self.cost(self.full_widths)
         self.limit = budget.fraction * self.full
         cheapest = self.cost(self.upper_widths)
@@ -169,7 +181,10 @@ class BudgetEnforcer:
     def next_ratio(self, prefix_widths: np.ndarray, requested: float) -> tuple[float, int]:
         """:meth:`min_ratio` given the kept widths of the decided units; also returns the next unit's kept width.
 
-        This is what the environment calls at every step (it tracks widths, so no ratio is rounded twice).
+        This is what the environment calls at every step (it tracks widths, so no ratio is rounded twice). With
+        ``spend`` the ratio may also come out *below* ``requested`` (never below ``lower``): the largest ratio
+        whose most generous completion (every later unit at ``lower``) still reaches the limit, unless the wall
+        needs more.
         """
         t = len(prefix_widths)
         if t >= self.n_units:
@@ -181,6 +196,8 @@ class BudgetEnforcer:
         # Candidates: every width unit t can keep between the requested ratio and `upper`, widest first.
         first = int(np.searchsorted(thresholds, requested, side="right")) - 1
         last = int(np.searchsorted(thresholds, self.upper, side="right")) - 1
+        if self.spend:
+            first = self._spend_cap(prefix_widths, t, first, last)
         candidates = widths[first:last + 1]
         base = self.upper_widths.copy()
         base[:t] = prefix_widths
@@ -188,9 +205,23 @@ class BudgetEnforcer:
         # The narrowest candidate is the completion the previous decision checked, so one always fits; should
         # rounding in a latency estimate ever disagree by an ulp, that candidate is still the right answer.
         k = int(np.argmax(fit)) if fit.any() else len(candidates) - 1
-        if k == 0:
-            return requested, int(candidates[0])
-        return float(thresholds[first + k]), int(candidates[k])
+        if k == 0 and float(thresholds[first]) <= requested < (float(thresholds[first + 1])
+                                                               if first + 1 < len(thresholds) else np.inf):
+            return requested, int(candidates[0])  # the width the request keeps: the request stands as asked
+        return max(float(thresholds[first + k]), self.lower), int(candidates[k])
+
+    def _spend_cap(self, prefix_widths: np.ndarray, t: int, first: int, last: int) -> int:
+        """The index (into unit ``t``'s widths) to start the wall's search from under ``spend``: ``first`` (the
+        request's), or a wider one where the request would leave budget that no later unit can spend: the
+        narrowest width whose most generous completion still costs at least the limit (the width at ``lower``
+        when none does)."""
+        lowest = int(np.searchsorted(self.thresholds[t], self.lower, side="right")) - 1
+        base = self.lower_widths.copy()
+        base[:t] = prefix_widths
+        spends = self._candidate_costs(base, t, self.widths[t][lowest:last + 1]) >= self.limit
+        # costs fall as the width narrows, so `spends` is True then False: its last True is the narrowest
+        cap = lowest + (int(np.flatnonzero(spends)[-1]) if spends.any() else 0)
+        return min(first, cap)
 
     def _candidate_costs(self, base: np.ndarray, t: int, candidates: np.ndarray) -> np.ndarray:
         """The budget metric of ``base`` with unit ``t`` at each candidate width."""

@@ -28,6 +28,7 @@ class SearchSettings:
     progress: bool
     workers: int = 1
     action_mode: str = "absolute"
+    spend_budget: bool = False
 
     @property
     def budget(self) -> Budget:
@@ -54,6 +55,10 @@ class SearchSettings:
         action_mode = str(cfg.get("action_mode", "absolute"))
         if action_mode not in ("absolute", "centred", "relative"):
             raise ConfigError(f"action_mode must be absolute, centred or relative, got {action_mode!r}")
+        # absent in the configs of runs started before the knob: the one-sided wall they ran with
+        spend_budget = cfg.get("spend_budget", False)
+        if not isinstance(spend_budget, bool):
+            raise ConfigError(f"spend_budget must be true or false, got {spend_budget!r}")
         final = cfg.final
         return cls(episodes=episodes, seed=seed, img_size=img_size, ratio_bounds=(lo, hi),
                    budget_metric=budget.metric, budget_fraction=budget.fraction,
@@ -61,4 +66,4 @@ class SearchSettings:
                    final_latency_runs=config_number(final, "latency_runs", int, 0, prefix="final."),
                    final_latency_rounds=config_number(final, "latency_rounds", int, 1, prefix="final."),
                    export_model=bool(final.export_model), progress=bool(cfg.get("progress", True)),
-                   workers=workers, action_mode=action_mode)
+                   workers=workers, action_mode=action_mode, spend_budget=spend_budget)

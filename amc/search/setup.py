@@ -82,7 +82,8 @@ class SearchSetup:
                               f"set evaluator.proxy.recover_steps > 0 (e.g. 30)")
         self.criterion_name = criterion.name
         self.env = PruningEnv(self.space, self.evaluate, reward, self.budget, ratio_bounds=s.ratio_bounds,
-                              latency_table=self.latency_table, action_mode=s.action_mode)
+                              latency_table=self.latency_table, action_mode=s.action_mode,
+                              spend_budget=s.spend_budget)
         self.env.reset(seed=s.seed)
 
     def _device(self) -> torch.device:
