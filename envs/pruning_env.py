@@ -70,7 +70,7 @@ class PruningEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             also *lowered* where the units left could no longer use the budget it leaves (every later unit at
             ``lo``), so every policy keeps as much of the budget as the width steps allow instead of pruning past
             it. AMC lets a policy prune past a FLOPs budget, which only costs accuracy; a DDPG actor drifted there
-            and failed its search (issue 20, docs/results.md).
+            and failed its search, and with this on it still drifted and failed (issue 20, docs/results.md).
 
     Observation (``Box(0, 1, (11,), float32)``, see :data:`FEATURES`): AMC's layer embedding of the unit about to
     be decided: its index, kind, input and output channels, kernel, stride, feature-map size (h x w) and FLOPs

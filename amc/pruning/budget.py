@@ -99,7 +99,8 @@ class BudgetEnforcer:
             still reaches the limit, so that a policy never leaves budget unspent (beyond what the last unit's
             width steps allow). Why: pruning past the budget only costs accuracy, and an agent whose actor drifts
             there wastes its episodes (issue 20: a DDPG search at 50% FLOPs whose last 15 policies kept 0.455 of
-            the FLOPs, its best a warm-up draw; docs/results.md).
+            the FLOPs, its best a warm-up draw). Measured, it did not stop that drift (docs/results.md): off in
+            the environment's default.
 
     Attributes:
         full: the budget metric of the unpruned model (MACs, parameters or ms).
