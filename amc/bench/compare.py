@@ -67,6 +67,9 @@ METHODS = ("ddpg", "random", "uniform", "global_magnitude")
 """Every method the bench knows, in table order."""
 SEARCH_METHODS = ("ddpg", "random")
 """The methods that run a search (the others compute one policy)."""
+LATER_SETTINGS: dict[str, Any] = {"spend_budget": False, "agent.imitate_best": 0.0}
+"""Search settings added after benches had run, each with the value that does what those benches did: left out of
+a cell's fingerprint at that value, so that cells computed before the setting existed still read back."""
 CELLS_DIR = "cells"
 SUBSET_SEED = 0  # draws the val / train subsets of bench.full and bench.finetune (the same for every seed)
 
@@ -143,6 +146,15 @@ def _fingerprint(*parts: Any) -> str:
     """A short hash of JSON-able settings: a resumed cell must come from the same settings."""
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _get_dotted(tree: dict[str, Any], key: str) -> Any:
+    """The value at ``a.b.c`` in nested dicts (None when a part is missing)."""
+    for part in key.split("."):
+        if not isinstance(tree, dict):
+            return None
+        tree = tree.get(part)
+    return tree
 
 
 def _pop_dotted(tree: dict[str, Any], key: str) -> None:
@@ -363,14 +375,17 @@ class CompareBench:
         a search resume may change too), and for FLOPs and params budgets where it ran (``device``,
         ``worker_devices``): a bench started on a CPU may be finished on a GPU, seed by seed; each cell records
         its machine, and the results say how far a re-run elsewhere moves a cell. A latency budget is measured on
-        its device: there the device is a setting. ``spend_budget`` is left out where it is off (the wall of the
-        benches run before the knob) and for the baselines (``method`` not a search: their policies never step
-        the environment's wall).
+        its device: there the device is a setting. The :data:`LATER_SETTINGS` are left out at their old value, and
+        ``spend_budget`` always for the baselines (``method`` not a search: their policies never step the
+        environment's wall).
         """
         search = plain(cfg)
         for key in [*RESULT_NEUTRAL, "resume"]:
             _pop_dotted(search, key)
-        if method not in SEARCH_METHODS or not search.get("spend_budget"):
+        for key, old in LATER_SETTINGS.items():
+            if _get_dotted(search, key) == old:
+                _pop_dotted(search, key)
+        if method not in SEARCH_METHODS:
             search.pop("spend_budget", None)
         if search.get("budget", {}).get("metric") != "latency":
             search.pop("device", None)
