@@ -575,6 +575,27 @@ def test_spend_budget_is_a_setting_of_searches_only_and_off_is_the_old_wall(tmp_
         bench("d", "spend_budget=3")
 
 
+def test_imitate_best_is_a_setting_of_the_ddpg_cells_only_whatever_its_default(tmp_path):
+    """agent.imitate_best (0.1 in agent=ddpg-demo since issue 20) changes the DDPG cells' fingerprint, 0 is the actor
+    of benches run before the knob, and the baselines' cells keep their fingerprint whichever value the agent config
+    holds (their policies train no actor), so the baselines' cells of a bench run before the new default read
+    back beside DDPG cells run with it."""
+    def bench(name, value):
+        cfg = tiny_cfg("bench.methods=[ddpg,uniform]")
+        OmegaConf.update(cfg, "bench.search.overrides", ["evaluator=stub", f"agent.imitate_best={value}"])
+        return CompareBench(cfg, tmp_path / name)
+
+    off, on = bench("a", 0.0), bench("b", 0.1)
+    ddpg, uniform = ("0.7", "ddpg", 0), ("0.7", "uniform", 0)
+    legacy = off.cfgs[ddpg].copy()
+    with open_dict(legacy):
+        del legacy["agent"]["imitate_best"]
+    assert off._cell_fingerprint(legacy) == off._cell_fingerprint(off.cfgs[ddpg])
+    assert on._cell_fingerprint(on.cfgs[ddpg]) != off._cell_fingerprint(off.cfgs[ddpg])
+    assert (on._cell_fingerprint(on.cfgs[uniform], "uniform")
+            == off._cell_fingerprint(off.cfgs[uniform], "uniform"))
+
+
 def test_what_a_search_shows_saves_or_reports_is_not_part_of_a_cell_fingerprint(tmp_path):
     """A bench continued with other progress, checkpoint or end-of-search report settings (the ones a search resume
     may change too, amc.search.resume.RESULT_NEUTRAL) reads its cells back; a setting a result depends on is

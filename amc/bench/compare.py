@@ -70,6 +70,10 @@ SEARCH_METHODS = ("ddpg", "random")
 LATER_SETTINGS: dict[str, Any] = {"spend_budget": False, "agent.imitate_best": 0.0}
 """Search settings added after benches had run, each with the value that does what those benches did: left out of
 a cell's fingerprint at that value, so that cells computed before the setting existed still read back."""
+SEARCH_ONLY_LATER = ("spend_budget", "agent.imitate_best")
+"""Later settings only a search uses (the environment's wall, the DDPG actor's loss): always left out of a baseline
+cell's fingerprint, whatever their default, so that a new default does not disown the baselines' cells. (The rest of
+a baseline's agent settings stay in its fingerprint, as they were when the first benches ran.)"""
 CELLS_DIR = "cells"
 SUBSET_SEED = 0  # draws the val / train subsets of bench.full and bench.finetune (the same for every seed)
 
@@ -376,8 +380,8 @@ class CompareBench:
         ``worker_devices``): a bench started on a CPU may be finished on a GPU, seed by seed; each cell records
         its machine, and the results say how far a re-run elsewhere moves a cell. A latency budget is measured on
         its device: there the device is a setting. The :data:`LATER_SETTINGS` are left out at their old value, and
-        ``spend_budget`` always for the baselines (``method`` not a search: their policies never step the
-        environment's wall).
+        the :data:`SEARCH_ONLY_LATER` always for the baselines (``method`` not a search: their policies never step
+        the environment's wall nor train an actor).
         """
         search = plain(cfg)
         for key in [*RESULT_NEUTRAL, "resume"]:
@@ -386,7 +390,8 @@ class CompareBench:
             if _get_dotted(search, key) == old:
                 _pop_dotted(search, key)
         if method not in SEARCH_METHODS:
-            search.pop("spend_budget", None)
+            for key in SEARCH_ONLY_LATER:
+                _pop_dotted(search, key)
         if search.get("budget", {}).get("metric") != "latency":
             search.pop("device", None)
             search.pop("worker_devices", None)
