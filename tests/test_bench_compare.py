@@ -289,7 +289,7 @@ def test_the_default_bench_is_the_one_behind_the_shipped_heldout_table(tmp_path:
         if path.is_file():
             record = json.loads(path.read_text())
             assert (record["budget"], record["method"], record["seed"]) == (budget, method, seed)
-            assert record["fingerprint"] == bench._cell_fingerprint(cell_cfg), (budget, method, seed)
+            assert record["fingerprint"] == bench._cell_fingerprint(cell_cfg, method), (budget, method, seed)
             checked += 1
     # a setting the table was not measured with does not pass for it
     with initialize_config_module(config_module="conf", version_base="1.3"):
