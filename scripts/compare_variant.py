@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from amc.atomic import atomic_write_json
-from amc.bench.compare_stats import paired, read_episodes, search_failed
+from amc.bench.compare_stats import paired, read_episodes, search_failed, summarize
 
 
 def load_cells(run: Path, budget: str, methods: tuple[str, ...] | None = None) -> dict[str, list[dict[str, Any]]]:
@@ -53,13 +53,11 @@ def failed_seeds(run: Path, budget: str) -> list[int]:
 
 
 def speed_share(cells: dict[str, list[dict[str, Any]]]) -> float | None:
-    """Mean episodes to 95% of the final best, DDPG over random search (the seeds both have)."""
-    random = {r["seed"]: r.get("episodes_to_95") for r in cells.get("random", [])}
-    pairs = [(r["episodes_to_95"], random[r["seed"]]) for r in cells.get("ddpg", [])
-             if r.get("episodes_to_95") is not None and random.get(r["seed"]) is not None]
-    if not pairs:
-        return None
-    return statistics.fmean(p[0] for p in pairs) / statistics.fmean(p[1] for p in pairs)
+    """Mean episodes to 95% of the final best, DDPG over random search: the bench's own aggregate
+    (:func:`amc.bench.compare_stats.summarize`), as the README headline divides it."""
+    agg = summarize({"x": {m: cells[m] for m in ("ddpg", "random") if cells.get(m)}})["x"]
+    ours, theirs = (agg.get(m, {}).get("episodes_to_95") for m in ("ddpg", "random"))
+    return ours / theirs if ours and theirs else None
 
 
 def main(argv: list[str] | None = None) -> int:
