@@ -36,7 +36,8 @@ from typing import Any
 
 from amc.atomic import atomic_write_json, atomic_write_text
 from amc.bench.compare import METHODS, CompareBench
-from amc.bench.compare_stats import mean_std
+from amc.bench.common import safe_spearman
+from amc.bench.compare_stats import mean_std, paired
 from amc.config import compose_config
 from amc.console import fmt_mean_std
 from amc.errors import AmcError
@@ -66,6 +67,57 @@ def _finetune(python: str, model_dir: Path, run: Path, seed: int, overrides: lis
         if done.returncode != 0 or not metrics.is_file():
             raise AmcError(f"amc-finetune of {model_dir} failed (exit {done.returncode}); see {log}")
     return json.loads(metrics.read_text())
+
+
+FINETUNES = ("best", "last", "bench_1epoch")  # a cell's mAPs: default fine-tune (best, last epoch), the bench's 1 epoch
+LABELS = {"best": "default fine-tune, best epoch", "last": "default fine-tune, last epoch",
+          "bench_1epoch": "bench 1-epoch"}
+
+
+def report(cells: dict[str, dict[int, dict[str, Any]]], budget: str, seeds: list[int], methods: list[str],
+           overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """results.json's figures and results.md's lines from the fine-tuned cells (``method -> seed -> record``).
+
+    Per method the mean and sd of each fine-tune's mAP; the methods' order by mean under each; DDPG against every
+    other method seed by seed under each (:func:`amc.bench.compare_stats.paired`: mean difference, bootstrap 95%
+    interval, wins / ties / losses, sign test), the same statistics the bench reports; and how well the bench's
+    1-epoch fine-tune ranks the policies the default fine-tune ranks (Spearman over every fine-tuned cell).
+    """
+    summary = {m: {k: mean_std([cells[m][s][k] for s in seeds]) for k in FINETUNES} for m in methods}
+    orders = {k: sorted(methods, key=lambda m: -(summary[m][k][0] or 0.0)) for k in FINETUNES}
+    pairs: dict[str, Any] = {}
+    if "ddpg" in methods:
+        for k in FINETUNES:  # paired() reads {budget: {method: [records with "seed"]}}: one budget here
+            records = {budget: {m: [{"seed": s, k: cells[m][s][k]} for s in seeds] for m in methods}}
+            pairs[k] = paired(records, metric=k)[budget]
+    flat = [cells[m][s] for m in methods for s in seeds]
+    rho = safe_spearman([c["bench_1epoch"] for c in flat], [c["best"] for c in flat])
+    results = {"budget": budget, "seeds": seeds, "methods": methods, "finetune_overrides": overrides,
+               "cells": cells, "summary": summary, "order": orders,
+               "order_holds": orders["best"] == orders["bench_1epoch"],
+               "ddpg_ahead_in_seeds": {o: {k: pairs[k][o]["wins"] for k in FINETUNES} for o in pairs.get("best", {})},
+               "paired": pairs, "spearman_1epoch_vs_default": rho}
+    lines = [f"# Default amc-finetune of the bench=compare policies at {budget} FLOPs, seeds {seeds}", "",
+             f"amc-finetune overrides: {overrides or 'none (the default fine-tune)'}", "",
+             "| method | " + " | ".join(LABELS[k] for k in FINETUNES) + " |", "| --- | ---: | ---: | ---: |"]
+    for m in methods:
+        lines.append(f"| {m} | " + " | ".join(fmt_mean_std(*summary[m][k], digits=4) for k in FINETUNES) + " |")
+    lines += ["", "| seed | " + " | ".join(f"{m} (default / 1-epoch)" for m in methods) + " |",
+              "| ---: |" + " ---: |" * len(methods)]
+    for s in seeds:
+        lines.append(f"| {s} | " + " | ".join(f"{cells[m][s]['best']:.4f} / {cells[m][s]['bench_1epoch']:.4f}"
+                                              for m in methods) + " |")
+    lines += ["", f"Order by mean: default (best) {orders['best']}, default (last) {orders['last']}, bench 1-epoch "
+              f"{orders['bench_1epoch']}: the order {'holds' if results['order_holds'] else 'changes'}."]
+    for other in pairs.get("best", {}):
+        lines.append(f"- DDPG - {other}: " + "; ".join(
+            f"{LABELS[k]} {p['mean']:+.4f} [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}], ahead in {p['wins']}/"
+            f"{len(p['seeds'])} seeds (sign test p {p['sign_p']:.3f})"
+            for k in ("best", "bench_1epoch") for p in [pairs[k][other]]))
+    if rho is not None:
+        lines.append(f"- Spearman rank correlation of the bench's 1-epoch mAP with the default fine-tune's, over "
+                     f"{len(flat)} policies: {rho:.3f}")
+    return results, lines
 
 
 def main() -> None:
@@ -109,30 +161,9 @@ def main() -> None:
             print(f"  {name}: default fine-tune best {cells[method][seed]['best']:.4f} (epoch "
                   f"{metrics['best_epoch']}), last {cells[method][seed]['last']:.4f}; bench 1-epoch "
                   f"{record['map_finetuned']:.4f}", flush=True)
-    summary: dict[str, Any] = {}
-    for method, by_seed in cells.items():
-        summary[method] = {k: mean_std([c[k] for c in by_seed.values()]) for k in ("best", "last", "bench_1epoch")}
-    orders = {k: sorted(a.methods, key=lambda m: -(summary[m][k][0] or 0.0)) for k in ("best", "last", "bench_1epoch")}
-    ddpg_ahead = {}
-    if "ddpg" in a.methods:
-        for other in (m for m in a.methods if m != "ddpg"):
-            ddpg_ahead[other] = {k: sum(cells["ddpg"][s][k] > cells[other][s][k] for s in a.seeds)
-                                 for k in ("best", "last", "bench_1epoch")}
-    results = {"budget": a.budget, "seeds": a.seeds, "methods": a.methods, "finetune_overrides": a.overrides,
-               "cells": cells, "summary": summary, "order": orders, "order_holds": orders["best"] == orders["bench_1epoch"],
-               "ddpg_ahead_in_seeds": ddpg_ahead, "run_dir": str(run_dir)}
+    results, lines = report(cells, a.budget, a.seeds, a.methods, a.overrides)
+    results["run_dir"] = str(run_dir)
     atomic_write_json(out / "results.json", results)
-    lines = [f"# Default amc-finetune of the bench=compare policies at {a.budget} FLOPs, seeds {a.seeds}", "",
-             f"amc-finetune overrides: {a.overrides or 'none (the default fine-tune)'}", "",
-             "| method | default fine-tune, best epoch | default fine-tune, last epoch | bench 1-epoch |",
-             "| --- | ---: | ---: | ---: |"]
-    for m in a.methods:
-        lines.append(f"| {m} | " + " | ".join(fmt_mean_std(*summary[m][k], digits=4) for k in ("best", "last", "bench_1epoch")) + " |")
-    lines += ["", f"Order by mean: default (best) {orders['best']}, default (last) {orders['last']}, bench 1-epoch "
-              f"{orders['bench_1epoch']}: the order {'holds' if results['order_holds'] else 'changes'}."]
-    for other, n in ddpg_ahead.items():
-        lines.append(f"- DDPG ahead of {other} in {n['best']}/{len(a.seeds)} seeds (default, best), {n['last']} (last), "
-                     f"{n['bench_1epoch']} (bench 1-epoch)")
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -4,6 +4,7 @@ baselines within the budget, and one-line errors before any work. The real run i
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -613,6 +614,59 @@ def test_what_a_search_shows_saves_or_reports_is_not_part_of_a_cell_fingerprint(
     moved = CompareBench(changed, tmp_path / "c")
     assert _changed_settings(base._result_settings(base.cfgs[key]), moved._result_settings(moved.cfgs[key])) == (
         " (search.ratio_bounds: [0.0, 0.8] there, [0.0, 0.7] here)")
+
+
+def test_finetune_cells_report_pairs_methods_seed_by_seed_under_both_finetunes() -> None:
+    """scripts/finetune_cells.py's report (issue 20, item 5): per method the mean of each fine-tune, DDPG against each
+    other method seed by seed with the bench's own paired statistics (mean, bootstrap interval, wins, sign test)
+    under the default and the 1-epoch fine-tune, the order under each, and the 1-epoch's rank correlation with the
+    default fine-tune over every policy."""
+    path = Path(__file__).parents[1] / "scripts" / "finetune_cells.py"
+    spec = importlib.util.spec_from_file_location("finetune_cells", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    seeds, methods = [0, 1, 2], ["ddpg", "random", "uniform"]
+    best = {"ddpg": [0.36, 0.29, 0.35], "random": [0.35, 0.31, 0.30], "uniform": [0.20, 0.21, 0.22]}
+    one = {"ddpg": [0.09, 0.07, 0.08], "random": [0.10, 0.06, 0.06], "uniform": [0.01, 0.02, 0.03]}
+    cells = {m: {s: {"best": best[m][s], "last": best[m][s], "bench_1epoch": one[m][s]} for s in seeds}
+             for m in methods}
+    results, lines = script.report(cells, "0.3", seeds, methods, ["threads=1"])
+    vs_random = results["paired"]["best"]["random"]
+    assert vs_random["diffs"] == pytest.approx([0.01, -0.02, 0.05]) and vs_random["mean"] == pytest.approx(0.04 / 3)
+    assert (vs_random["wins"], vs_random["losses"]) == (2, 1)
+    assert vs_random["ci95"][0] <= vs_random["mean"] <= vs_random["ci95"][1]
+    assert results["paired"]["bench_1epoch"]["uniform"]["wins"] == 3
+    assert results["ddpg_ahead_in_seeds"] == {"random": {"best": 2, "last": 2, "bench_1epoch": 2},
+                                              "uniform": {"best": 3, "last": 3, "bench_1epoch": 3}}
+    assert results["order"]["best"] == ["ddpg", "random", "uniform"] and results["order_holds"]
+    assert 0.5 < results["spearman_1epoch_vs_default"] <= 1.0
+    text = "\n".join(lines)
+    assert "| 1 | 0.2900 / 0.0700 | 0.3100 / 0.0600 | 0.2100 / 0.0200 |" in text
+    assert "DDPG - random: default fine-tune, best epoch +0.0133" in text and "ahead in 2/3 seeds" in text
+    json.dumps(results)  # results.json: plain JSON
+
+
+@pytest.mark.parametrize("folder, bench", [("finetune-cells-0.5", "compare-heldout"),
+                                            ("finetune-cells-0.3", "compare-heldout"),
+                                            ("finetune-cells-0.5-no-imitation", "compare-heldout-no-imitation")])
+def test_shipped_finetune_cells_are_the_runs_and_cells_they_name(folder: str, bench: str) -> None:
+    """Each shipped real-fine-tune result (issue 20, item 5) is its runs: every cell's default fine-tune mAP is the
+    best_map50_95 of the amc-finetune metrics.json shipped beside it, its 1-epoch mAP the bench cell's, and the
+    summary and paired figures are what the script's report makes of those cells."""
+    root = Path(__file__).parents[1] / "docs" / "results"
+    results = json.loads((root / folder / "results.json").read_text())
+    for method, by_seed in results["cells"].items():
+        for seed, cell in by_seed.items():
+            metrics = json.loads((root / folder / "finetune" / f"{method}-seed{seed}.json").read_text())
+            assert cell["best"] == metrics["best_map50_95"] and cell["epochs"] == metrics["epochs"] == 5
+            record = json.loads((root / bench / "cells" / f"flops-{results['budget']}" / method /
+                                 f"seed{seed}.json").read_text())
+            assert cell["bench_1epoch"] == record["map_finetuned"], (method, seed)
+        assert results["summary"][method]["best"][0] == pytest.approx(
+            statistics.fmean(c["best"] for c in by_seed.values()))
+    for other, wins in results["ddpg_ahead_in_seeds"].items():
+        assert wins["best"] == sum(results["cells"]["ddpg"][s]["best"] > results["cells"][other][s]["best"]
+                                   for s in results["cells"]["ddpg"])
 
 
 def test_a_finished_cells_model_is_rebuilt_with_the_channels_it_was_scored_with(finished, tmp_path):
