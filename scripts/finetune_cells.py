@@ -20,7 +20,9 @@ Usage:
 
 Reported per method: the default fine-tune's best mAP@0.5:0.95 (amc-finetune keeps the best epoch by val fitness),
 its last epoch's mAP (no choice made on the val images), and the bench's 1-epoch mAP of the same policy; per seed,
-whether DDPG is ahead of each other method under both fine-tunes.
+every method's two mAPs; DDPG against each other method paired by seed under both fine-tunes (mean difference,
+bootstrap 95% interval, seeds won, sign test: amc.bench.compare_stats.paired, as the bench reports them); and the
+Spearman rank correlation of the 1-epoch mAP with the default fine-tune's over every fine-tuned policy.
 """
 
 from __future__ import annotations
