@@ -72,6 +72,8 @@ def _finetune(python: str, model_dir: Path, run: Path, seed: int, overrides: lis
 
 
 FINETUNES = ("best", "last", "bench_1epoch")  # a cell's mAPs: default fine-tune (best, last epoch), the bench's 1 epoch
+SEARCHES = ("ddpg", "random")  # the methods whose policy differs by seed (the baselines' is the same in every seed)
+JUDGES = {"bench_1epoch": "the bench's 1-epoch mAP", "map_proxy": "the search's proxy mAP (search split)"}
 LABELS = {"best": "default fine-tune, best epoch", "last": "default fine-tune, last epoch",
           "bench_1epoch": "bench 1-epoch"}
 
@@ -83,7 +85,8 @@ def report(cells: dict[str, dict[int, dict[str, Any]]], budget: str, seeds: list
     Per method the mean and sd of each fine-tune's mAP; the methods' order by mean under each; DDPG against every
     other method seed by seed under each (:func:`amc.bench.compare_stats.paired`: mean difference, bootstrap 95%
     interval, wins / ties / losses, sign test), the same statistics the bench reports; and how well the bench's
-    1-epoch fine-tune ranks the policies the default fine-tune ranks (Spearman over every fine-tuned cell).
+    1-epoch fine-tune and the search's proxy mAP rank the policies as the default fine-tune does (Spearman over
+    every fine-tuned cell, and over the search policies alone: the baselines' policy is the same in every seed).
     """
     summary = {m: {k: mean_std([cells[m][s][k] for s in seeds]) for k in FINETUNES} for m in methods}
     orders = {k: sorted(methods, key=lambda m: -(summary[m][k][0] or 0.0)) for k in FINETUNES}
@@ -92,13 +95,16 @@ def report(cells: dict[str, dict[int, dict[str, Any]]], budget: str, seeds: list
         for k in FINETUNES:  # paired() reads {budget: {method: [records with "seed"]}}: one budget here
             records = {budget: {m: [{"seed": s, k: cells[m][s][k]} for s in seeds] for m in methods}}
             pairs[k] = paired(records, metric=k)[budget]
-    flat = [cells[m][s] for m in methods for s in seeds]
-    rho = safe_spearman([c["bench_1epoch"] for c in flat], [c["best"] for c in flat])
+    groups = {"every policy": [cells[m][s] for m in methods for s in seeds],
+              "search policies": [cells[m][s] for m in methods if m in SEARCHES for s in seeds]}
+    spearman = {judge: {who: safe_spearman([c[judge] for c in group], [c["best"] for c in group])
+                        for who, group in groups.items() if group and all(judge in c for c in group)}
+                for judge in ("bench_1epoch", "map_proxy")}
     results = {"budget": budget, "seeds": seeds, "methods": methods, "finetune_overrides": overrides,
                "cells": cells, "summary": summary, "order": orders,
                "order_holds": orders["best"] == orders["bench_1epoch"],
                "ddpg_ahead_in_seeds": {o: {k: pairs[k][o]["wins"] for k in FINETUNES} for o in pairs.get("best", {})},
-               "paired": pairs, "spearman_1epoch_vs_default": rho}
+               "paired": pairs, "spearman_vs_default": spearman}
     lines = [f"# Default amc-finetune of the bench=compare policies at {budget} FLOPs, seeds {seeds}", "",
              f"amc-finetune overrides: {overrides or 'none (the default fine-tune)'}", "",
              "| method | " + " | ".join(LABELS[k] for k in FINETUNES) + " |", "| --- | ---: | ---: | ---: |"]
@@ -116,9 +122,11 @@ def report(cells: dict[str, dict[int, dict[str, Any]]], budget: str, seeds: list
             f"{LABELS[k]} {p['mean']:+.4f} [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}], ahead in {p['wins']}/"
             f"{len(p['seeds'])} seeds (sign test p {p['sign_p']:.3f})"
             for k in ("best", "bench_1epoch") for p in [pairs[k][other]]))
-    if rho is not None:
-        lines.append(f"- Spearman rank correlation of the bench's 1-epoch mAP with the default fine-tune's, over "
-                     f"{len(flat)} policies: {rho:.3f}")
+    for judge, by_group in spearman.items():
+        for who, rho in by_group.items():
+            if rho is not None:
+                lines.append(f"- Spearman rank correlation of {JUDGES[judge]} with the default fine-tune's mAP, "
+                             f"{who} ({len(groups[who])}): {rho:.3f}")
     return results, lines
 
 
@@ -159,7 +167,8 @@ def main() -> None:
                                 out / "logs" / f"{name}.log")
             cells[method][seed] = {"best": metrics["best_map50_95"], "best_epoch": metrics["best_epoch"],
                                    "last": metrics["history"][-1].get("map50_95"), "epochs": metrics["epochs"],
-                                   "bench_1epoch": record["map_finetuned"], "seconds": metrics["seconds"]}
+                                   "bench_1epoch": record["map_finetuned"], "map_proxy": record["map_proxy"],
+                                   "seconds": metrics["seconds"]}
             print(f"  {name}: default fine-tune best {cells[method][seed]['best']:.4f} (epoch "
                   f"{metrics['best_epoch']}), last {cells[method][seed]['last']:.4f}; bench 1-epoch "
                   f"{record['map_finetuned']:.4f}", flush=True)
