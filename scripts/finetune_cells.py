@@ -22,7 +22,8 @@ Reported per method: the default fine-tune's best mAP@0.5:0.95 (amc-finetune kee
 its last epoch's mAP (no choice made on the val images), and the bench's 1-epoch mAP of the same policy; per seed,
 every method's two mAPs; DDPG against each other method paired by seed under both fine-tunes (mean difference,
 bootstrap 95% interval, seeds won, sign test: amc.bench.compare_stats.paired, as the bench reports them); and the
-Spearman rank correlation of the 1-epoch mAP with the default fine-tune's over every fine-tuned policy.
+Spearman rank correlation of the 1-epoch mAP with the default fine-tune's over every fine-tuned policy, and of each
+epoch of the default fine-tune with its best (how early its final order shows).
 """
 
 from __future__ import annotations
@@ -100,11 +101,19 @@ def report(cells: dict[str, dict[int, dict[str, Any]]], budget: str, seeds: list
     spearman = {judge: {who: safe_spearman([c[judge] for c in group], [c["best"] for c in group])
                         for who, group in groups.items() if group and all(judge in c for c in group)}
                 for judge in ("bench_1epoch", "map_proxy")}
+    # How early in the default fine-tune its final order shows: Spearman of each epoch's mAP with the best epoch's
+    # (the cells' per-epoch history; folders made before it was recorded have none).
+    by_epoch: dict[str, list[float | None]] = {}
+    histories = [c.get("history") for c in groups["every policy"]]
+    if histories and all(histories) and len({len(h) for h in histories}) == 1:
+        for who, group in groups.items():
+            by_epoch[who] = [safe_spearman([c["history"][k] for c in group], [c["best"] for c in group])
+                             for k in range(len(histories[0]))]
     results = {"budget": budget, "seeds": seeds, "methods": methods, "finetune_overrides": overrides,
                "cells": cells, "summary": summary, "order": orders,
                "order_holds": orders["best"] == orders["bench_1epoch"],
                "ddpg_ahead_in_seeds": {o: {k: pairs[k][o]["wins"] for k in FINETUNES} for o in pairs.get("best", {})},
-               "paired": pairs, "spearman_vs_default": spearman}
+               "paired": pairs, "spearman_vs_default": spearman, "spearman_by_epoch": by_epoch}
     lines = [f"# Default amc-finetune of the bench=compare policies at {budget} FLOPs, seeds {seeds}", "",
              f"amc-finetune overrides: {overrides or 'none (the default fine-tune)'}", "",
              "| method | " + " | ".join(LABELS[k] for k in FINETUNES) + " |", "| --- | ---: | ---: | ---: |"]
@@ -127,6 +136,9 @@ def report(cells: dict[str, dict[int, dict[str, Any]]], budget: str, seeds: list
             if rho is not None:
                 lines.append(f"- Spearman rank correlation of {JUDGES[judge]} with the default fine-tune's mAP, "
                              f"{who} ({len(groups[who])}): {rho:.3f}")
+    for who, rhos in by_epoch.items():
+        lines.append(f"- Spearman of each epoch's mAP of the default fine-tune with its best, {who}: "
+                     + ", ".join("-" if r is None else f"{r:.3f}" for r in rhos))
     return results, lines
 
 
@@ -167,6 +179,7 @@ def main() -> None:
                                 out / "logs" / f"{name}.log")
             cells[method][seed] = {"best": metrics["best_map50_95"], "best_epoch": metrics["best_epoch"],
                                    "last": metrics["history"][-1].get("map50_95"), "epochs": metrics["epochs"],
+                                   "history": [h.get("map50_95") for h in metrics["history"]],
                                    "bench_1epoch": record["map_finetuned"], "map_proxy": record["map_proxy"],
                                    "seconds": metrics["seconds"]}
             print(f"  {name}: default fine-tune best {cells[method][seed]['best']:.4f} (epoch "

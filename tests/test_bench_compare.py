@@ -618,10 +618,9 @@ def test_what_a_search_shows_saves_or_reports_is_not_part_of_a_cell_fingerprint(
         " (search.ratio_bounds: [0.0, 0.8] there, [0.0, 0.7] here)")
 
 
-def _finetune_cells_script() -> ModuleType:
-    """scripts/finetune_cells.py as a module (scripts/ is not a package; its report() is what the tests check)."""
-    spec = importlib.util.spec_from_file_location("finetune_cells", Path(__file__).parents[1] / "scripts" /
-                                                  "finetune_cells.py")
+def _script(name: str) -> ModuleType:
+    """scripts/<name>.py as a module (scripts/ is not a package; its report() is what the tests check)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "scripts" / f"{name}.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     return script
@@ -632,7 +631,7 @@ def test_finetune_cells_report_pairs_methods_seed_by_seed_under_both_finetunes()
     other method seed by seed with the bench's own paired statistics (mean, bootstrap interval, wins, sign test)
     under the default and the 1-epoch fine-tune, the order under each, and the 1-epoch's rank correlation with the
     default fine-tune over every policy."""
-    script = _finetune_cells_script()
+    script = _script("finetune_cells")
     seeds, methods = [0, 1, 2], ["ddpg", "random", "uniform"]
     best = {"ddpg": [0.36, 0.29, 0.35], "random": [0.35, 0.31, 0.30], "uniform": [0.20, 0.21, 0.22]}
     one = {"ddpg": [0.09, 0.07, 0.08], "random": [0.10, 0.06, 0.06], "uniform": [0.01, 0.02, 0.03]}
@@ -652,10 +651,17 @@ def test_finetune_cells_report_pairs_methods_seed_by_seed_under_both_finetunes()
     assert 0.5 < rho["bench_1epoch"]["every policy"] <= 1.0
     assert rho["map_proxy"]["search policies"] == pytest.approx(spearman([0.05, 0.03, 0.04, 0.06, 0.02, 0.01],
                                                                          [0.36, 0.29, 0.35, 0.35, 0.31, 0.30]))
+    assert results["spearman_by_epoch"] == {}  # no per-epoch history recorded: nothing to rank
     text = "\n".join(lines)
     assert "| 1 | 0.2900 / 0.0700 | 0.3100 / 0.0600 | 0.2100 / 0.0200 |" in text
     assert "DDPG - random: default fine-tune, best epoch +0.0133" in text and "ahead in 2/3 seeds" in text
     json.dumps(results)  # results.json: plain JSON
+    for m in methods:  # epoch 1 ranks like the 1-epoch fine-tune, the last epoch is the best
+        for s in seeds:
+            cells[m][s]["history"] = [one[m][s], best[m][s]]
+    by_epoch = script.report(cells, "0.3", seeds, methods, [])[0]["spearman_by_epoch"]
+    assert by_epoch["every policy"][0] == pytest.approx(rho["bench_1epoch"]["every policy"])
+    assert by_epoch["every policy"][1] == by_epoch["search policies"][1] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("folder, bench", [("finetune-cells-0.5", "compare-heldout"),
@@ -671,16 +677,62 @@ def test_shipped_finetune_cells_are_the_runs_and_cells_they_name(folder: str, be
         for seed, cell in by_seed.items():
             metrics = json.loads((root / folder / "finetune" / f"{method}-seed{seed}.json").read_text())
             assert cell["best"] == metrics["best_map50_95"] and cell["epochs"] == metrics["epochs"] == 5
+            if "history" in cell:  # recorded since the eighth session's folders
+                assert cell["history"] == [h["map50_95"] for h in metrics["history"]], (method, seed)
             record = json.loads((root / bench / "cells" / f"flops-{results['budget']}" / method /
                                  f"seed{seed}.json").read_text())
             assert cell["bench_1epoch"] == record["map_finetuned"], (method, seed)
     cells = {m: {int(s): c for s, c in by_seed.items()} for m, by_seed in results["cells"].items()}
-    remade, _ = _finetune_cells_script().report(cells, results["budget"], results["seeds"], results["methods"],
+    remade, _ = _script("finetune_cells").report(cells, results["budget"], results["seeds"], results["methods"],
                                                 results["finetune_overrides"])
     remade = json.loads(json.dumps(remade))  # as results.json holds it (seed keys as strings)
-    for key in ("summary", "order", "order_holds", "ddpg_ahead_in_seeds", "paired", "spearman_vs_default"):
+    for key in ("summary", "order", "order_holds", "ddpg_ahead_in_seeds", "paired", "spearman_vs_default",
+                "spearman_by_epoch"):
         if key in results:  # the first folder was written before the report held paired figures and the rhos
             assert remade[key] == results[key], key
+
+
+def test_proxy_vs_finetune_ranks_each_proxy_score_against_the_default_finetune() -> None:
+    """scripts/proxy_vs_finetune.py's report: per method the mean proxy mAP, reward and fine-tuned mAP; Spearman of the
+    proxy mAP and of the reward against the default fine-tune's mAP over every policy and over the search policies
+    alone; and its KEY=VALUE proxy settings parse as YAML values (and refuse anything else)."""
+    script = _script("proxy_vs_finetune")
+    seeds = [0, 1, 2]
+    maps = {"ddpg": [0.05, 0.03, 0.04], "random": [0.06, 0.02, 0.01], "uniform": [0.003] * 3}
+    rewards = {"ddpg": [-0.2, -0.3, -0.25], "random": [-0.21, -0.28, -0.35], "uniform": [-0.1] * 3}
+    tuned = {"ddpg": [0.36, 0.29, 0.35], "random": [0.35, 0.31, 0.30], "uniform": [0.37, 0.38, 0.36]}
+    cells = {m: {str(s): {"method": m, "seed": s, "map": maps[m][s], "reward": rewards[m][s], "seconds": 10.0 + s,
+                          "finetuned": tuned[m][s]} for s in seeds} for m in maps}
+    out = script.report(cells, list(maps), seeds)
+    assert out["policies"] == 9 and out["median_seconds"] == 11.0
+    assert out["per_method"]["random"]["map"] == pytest.approx(0.03)
+    rho = out["spearman_vs_default"]
+    search = [(m, s) for m in ("ddpg", "random") for s in seeds]
+    assert rho["map"]["search policies"] == pytest.approx(spearman([maps[m][s] for m, s in search],
+                                                                   [tuned[m][s] for m, s in search]))
+    assert rho["reward"]["every policy"] > rho["map"]["every policy"]  # the reward ranks uniform first, as tuned
+    assert script._proxy_overrides(["recover_steps=120", "recover_img_size=null", "recover_lr=0.03"]) == {
+        "recover_steps": 120, "recover_img_size": None, "recover_lr": 0.03}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        script._proxy_overrides(["recover_steps"])
+    json.dumps(out)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[1] / "docs" / "results" /
+                                                          "proxy-vs-finetune").glob("*.json")))
+def test_shipped_proxy_studies_are_the_report_of_their_cells(name: str) -> None:
+    """Each shipped proxy study (docs/evaluator.md quotes them) pairs every policy with the default fine-tune's mAP
+    the fine-tune folder it names holds, and its report is what the script makes of its cells."""
+    root = Path(__file__).parents[1]
+    study = json.loads((root / "docs" / "results" / "proxy-vs-finetune" / name).read_text())
+    tuned = json.loads((root / study["finetune_dir"] / "results.json").read_text())
+    assert study["budget"] == tuned["budget"] and name.startswith(study["budget"] + "-")
+    for method, by_seed in study["cells"].items():
+        assert sorted(by_seed) == sorted(str(s) for s in tuned["seeds"]), method
+        for seed, cell in by_seed.items():
+            assert cell["finetuned"] == tuned["cells"][method][seed]["best"], (method, seed)
+    remade = _script("proxy_vs_finetune").report(study["cells"], list(study["cells"]), tuned["seeds"])
+    assert json.loads(json.dumps(remade)) == study["report"]
 
 
 def test_a_finished_cells_model_is_rebuilt_with_the_channels_it_was_scored_with(finished, tmp_path):

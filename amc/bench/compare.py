@@ -518,16 +518,25 @@ class CompareBench:
         setup = SearchSetup(self.cfgs[(budget.key, method, seed)], work_dir)
         setup.build_env()
         try:
-            if method in SEARCH_METHODS:
-                selection = setup.criterion.select(setup.space.kept_channels(np.asarray(record["ratios"])))
-            else:
-                selection = self._baseline_selection(setup, budget, method)[1]
+            selection = self.cell_selection(setup, budget, method, record)
         finally:
             _close_evaluator(setup)
+        return prune_model(setup.model, setup.space, selection), setup.source, record
+
+    def cell_selection(self, setup: SearchSetup, budget: CompareBudget, method: str,
+                       record: dict[str, Any]) -> ChannelSelection:
+        """The channels a finished cell (``record``) kept, rebuilt on ``setup`` (a built search setup of this bench's
+        model): the searches' recorded ratios through ``setup``'s criterion, the baselines recomputed (they are
+        deterministic). A ConfigError when the rebuilt widths differ from the recorded ones."""
+        if method in SEARCH_METHODS:
+            selection = setup.criterion.select(setup.space.kept_channels(np.asarray(record["ratios"])))
+        else:
+            selection = self._baseline_selection(setup, budget, method)[1]
         widths = [int(w) for w in selection.widths]
         if widths != record["kept"]:
-            raise ConfigError(f"{path}: the rebuilt policy keeps {widths}, the cell recorded {record['kept']}")
-        return prune_model(setup.model, setup.space, selection), setup.source, record
+            raise ConfigError(f"{self.cell_path(budget, method, record['seed'])}: the rebuilt policy keeps "
+                              f"{widths}, the cell recorded {record['kept']}")
+        return selection
 
     @staticmethod
     def _proxy_map(setup, ratios: np.ndarray, selection) -> float:  # noqa: ANN001
