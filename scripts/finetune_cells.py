@@ -41,18 +41,9 @@ from amc.atomic import atomic_write_json, atomic_write_text
 from amc.bench.compare import METHODS, CompareBench
 from amc.bench.common import safe_spearman
 from amc.bench.compare_stats import mean_std, paired
-from amc.config import compose_config
 from amc.console import fmt_mean_std
 from amc.errors import AmcError
 from amc.models.io import save_model
-
-
-def _bench(run_dir: Path, budget: str, seeds: list[int], methods: list[str]) -> CompareBench:
-    """The bench=compare of ``run_dir`` with the shipped defaults, restricted to these cells."""
-    overrides = ["bench=compare", f"bench.resume={run_dir}", f"bench.budgets=[{budget}]",
-                 f"bench.seeds={max(seeds) + 1}", "seed=0", f"bench.methods=[{','.join(methods)}]"]
-    cfg = compose_config("bench", overrides, f"bench=compare does not compose with {overrides}")
-    return CompareBench(cfg, run_dir)
 
 
 def _finetune(python: str, model_dir: Path, run: Path, seed: int, overrides: list[str], log: Path) -> dict[str, Any]:
@@ -155,7 +146,7 @@ def main() -> None:
     a = ap.parse_args(argv[:cut])
     a.overrides = argv[cut + 1:]
     run_dir, out = a.run_dir.resolve(), a.out_dir.resolve()
-    bench = _bench(run_dir, a.budget, a.seeds, a.methods)
+    bench = CompareBench.of_run(run_dir, a.budget, a.seeds, a.methods)
     budget = bench.budget(a.budget)
     ready = [s for s in a.seeds if all(bench.cell_path(budget, m, s).is_file() for m in a.methods)]
     if not ready:

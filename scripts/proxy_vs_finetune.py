@@ -40,20 +40,11 @@ from omegaconf import OmegaConf
 from amc.atomic import atomic_write_json
 from amc.bench.common import safe_spearman
 from amc.bench.compare import METHODS, CompareBench
-from amc.config import compose_config
 from amc.errors import AmcError, ConfigError
 from amc.search.setup import SearchSetup
 
 SEARCHES = ("ddpg", "random")  # the methods whose policy differs by seed
 SCORES = {"map": "proxy mAP", "reward": "minus the distillation loss (reward=recovery)"}
-
-
-def _bench(run_dir: Path, budget: str, seeds: list[int], methods: list[str]) -> CompareBench:
-    """The bench=compare of ``run_dir`` with the shipped defaults, restricted to these cells."""
-    overrides = ["bench=compare", f"bench.resume={run_dir}", f"bench.budgets=[{budget}]",
-                 f"bench.seeds={max(seeds) + 1}", "seed=0", f"bench.methods=[{','.join(methods)}]"]
-    cfg = compose_config("bench", overrides, f"bench=compare does not compose with {overrides}")
-    return CompareBench(cfg, run_dir)
 
 
 def _proxy_overrides(items: list[str]) -> dict[str, Any]:
@@ -98,7 +89,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     finetuned = json.loads((a.finetune_dir / "results.json").read_text())
     budget_key, seeds = str(finetuned["budget"]), a.seeds or [int(s) for s in finetuned["seeds"]]
-    bench = _bench(a.run_dir.resolve(), budget_key, seeds, a.methods)
+    bench = CompareBench.of_run(a.run_dir.resolve(), budget_key, seeds, a.methods)
     budget = bench.budget(budget_key)
     out: dict[str, Any] = json.loads(a.out.read_text()) if a.out.is_file() else {}
     if out and (out.get("proxy_overrides") != overrides or out.get("budget") != budget_key):

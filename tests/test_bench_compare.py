@@ -763,3 +763,9 @@ def test_a_finished_cells_model_is_rebuilt_with_the_channels_it_was_scored_with(
         tampered.cell_model(budget, "ddpg", 5, tmp_path / "t")
     with pytest.raises(ConfigError, match="no budget 0.4"):
         tampered.budget("0.4")
+    # The scripts read a run's cells through the shipped defaults: these cells were made with other settings
+    shipped = CompareBench.of_run(out, "0.7", [1], ["ddpg", "uniform"])
+    assert [b.key for b in shipped.budgets] == ["0.7"] and shipped.seeds == [0, 1]
+    assert shipped.methods == ["ddpg", "uniform"] and shipped.out == out
+    with pytest.raises(ConfigError, match="other settings"):
+        shipped.finished_record(shipped.budget("0.7"), "uniform", 1)

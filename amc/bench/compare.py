@@ -225,6 +225,15 @@ class CompareBench:
         self.table_path = self.out / "latency_table.json"
         self._check()
 
+    @classmethod
+    def of_run(cls, run_dir: Path, budget: str, seeds: Sequence[int], methods: Sequence[str]) -> CompareBench:
+        """The bench=compare of a finished (or running) run directory with the shipped defaults, restricted to these
+        cells: what the scripts that revisit its cells (fine-tune them, re-score them) read them through."""
+        overrides = ["bench=compare", f"bench.resume={run_dir}", f"bench.budgets=[{budget}]",
+                     f"bench.seeds={max(seeds) + 1}", "seed=0", f"bench.methods=[{','.join(methods)}]"]
+        cfg = compose_config("bench", overrides, f"bench=compare does not compose with {overrides}")
+        return cls(cfg, Path(run_dir))
+
     # ------------------------------------------------------------------ configs
     def search_cfg(self, budget: CompareBudget, method: str, seed: int) -> DictConfig:
         """The composed search config of one cell (for a baseline: the config its evaluator is built from)."""
