@@ -735,6 +735,73 @@ def test_shipped_proxy_studies_are_the_report_of_their_cells(name: str) -> None:
     assert json.loads(json.dumps(remade)) == study["report"]
 
 
+def test_export_rules_pick_by_reward_or_by_proxy_map_and_pair_the_searches() -> None:
+    """scripts/export_rule.py: ``reward`` picks the best reward (the search's export), ``map_top10`` the best proxy mAP
+    among the 10 best rewards, ``map`` the best proxy mAP of all; penalized episodes never; the report pairs DDPG with
+    random search seed by seed under each rule."""
+    script = _script("export_rule")
+    episodes = [{"episode": k + 1, "reward": -0.1 * k, "map50_95": 0.01 * k, "penalized": False} for k in range(15)]
+    episodes.append({"episode": 16, "reward": 1.0, "map50_95": 0.9, "penalized": True})
+    assert script.pick(episodes, "reward")["episode"] == 1
+    assert script.pick(episodes, "map_top10")["episode"] == 10
+    assert script.pick(episodes, "map")["episode"] == 15
+    with pytest.raises(ConfigError, match="unknown rule"):
+        script.pick(episodes, "loss")
+    with pytest.raises(ConfigError, match="no episode"):
+        script.pick(episodes[-1:], "reward")
+    judged = {"ddpg": [0.08, 0.07, 0.09], "random": [0.07, 0.08, 0.05]}
+    cells = {m: {str(s): {rule: {"map_finetuned": v + (0.02 if rule == "map" and m == "ddpg" else 0.0),
+                                 "map_full": 0.0, "map_proxy": 0.05}
+                          for rule in script.RULES} for s, v in enumerate(values)} for m, values in judged.items()}
+    for m in cells:
+        for s in cells[m]:
+            for rule in script.RULES:
+                cells[m][s][rule]["episode"] = 7 if rule == "map" and m == "ddpg" else 3
+    out = script.report(cells, [0, 1, 2], "0.3")
+    assert out["paired"]["reward"]["map_finetuned"]["random"]["wins"] == 2
+    assert out["paired"]["map"]["map_finetuned"]["random"]["wins"] == 3
+    assert out["paired"]["map"]["map_finetuned"]["random"]["mean"] == pytest.approx(0.04 / 3 + 0.02)
+    assert out["summary"]["reward"]["ddpg"]["map_finetuned"][0] == pytest.approx(0.08)
+    # the default fine-tune: the exported policies' from finetune_cells.py, the other picks' where they ran
+    exported = {"ddpg": {"0": 0.36, "1": 0.30, "2": 0.35}, "random": {"0": 0.35, "1": 0.31, "2": 0.30},
+                "uniform": {"0": 0.33, "1": 0.33, "2": 0.33}}
+    out = script.report(cells, [0, 1, 2], "0.3", exported)
+    assert "default_finetune" not in out["paired"]["map"]  # DDPG's map picks were not fine-tuned
+    assert out["paired"]["reward"]["default_finetune"]["random"]["wins"] == 2
+    for s in cells["ddpg"]:
+        cells["ddpg"][s]["map"]["default_finetune"] = 0.40
+    out = script.report(cells, [0, 1, 2], "0.3", exported)
+    assert out["summary"]["map"]["ddpg"]["default_finetune"][0] == pytest.approx(0.40)
+    assert out["paired"]["map"]["default_finetune"]["random"]["wins"] == 3
+    assert out["paired"]["map"]["default_finetune"]["uniform"]["wins"] == 3  # 0.40 against 0.33
+    json.dumps(out)
+
+
+@pytest.mark.parametrize("budget", ["0.3", "0.5"])
+def test_shipped_export_rules_are_the_report_of_their_cells(budget: str) -> None:
+    """docs/results/export-rule (docs/results.md quotes it): every cell's best-reward pick is the episode the bench
+    cell exported, each pick's default fine-tune (where one ran) is the metrics.json shipped beside it, and the report
+    is what the script makes of the cells."""
+    root = Path(__file__).parents[1]
+    study = json.loads((root / "docs" / "results" / "export-rule" / f"{budget}.json").read_text())
+    for method, by_seed in study["cells"].items():
+        for seed, picks in by_seed.items():
+            record = json.loads((root / "docs" / "results" / "compare-heldout" / "cells" / f"flops-{budget}" / method /
+                                 f"seed{seed}.json").read_text())
+            assert picks["reward"]["episode"] == record["best_episode"], (method, seed)
+            for rule, entry in picks.items():
+                if "default_finetune" in entry:
+                    metrics = root / "docs" / "results" / "export-rule" / f"finetune-{budget}" / \
+                        f"{method}-seed{seed}-ep{entry['episode']}.json"
+                    assert json.loads(metrics.read_text())["best_map50_95"] == entry["default_finetune"], rule
+    exported = None
+    if study.get("exported_finetune"):
+        tuned = json.loads((root / study["exported_finetune"] / "results.json").read_text())
+        exported = {m: {s: c["best"] for s, c in by_seed.items()} for m, by_seed in tuned["cells"].items()}
+    remade = _script("export_rule").report(study["cells"], study["seeds"], study["budget"], exported)
+    assert json.loads(json.dumps(remade)) == study["report"]
+
+
 def test_a_finished_cells_model_is_rebuilt_with_the_channels_it_was_scored_with(finished, tmp_path):
     """scripts/finetune_cells.py fine-tunes each cell's pruned model again (issue 20, item 5): CompareBench.cell_model
     rebuilds it from the cell (searches: recorded ratios through the criterion; baselines: recomputed) and refuses a

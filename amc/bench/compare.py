@@ -547,6 +547,13 @@ class CompareBench:
                               f"{widths}, the cell recorded {record['kept']}")
         return selection
 
+    def judge(self, setup: SearchSetup, selection: ChannelSelection, seed: int) -> tuple[float, float | None]:
+        """Any policy of ``setup``'s model scored as this bench scores a cell of ``seed``: full-val mAP after adaptive
+        BN, and after the short fine-tune with that seed's augmentation stream (``None`` when it is skipped)."""
+        if not hasattr(self, "full_evaluator"):
+            self._prepare_scoring()
+        return self._score(prune_model(setup.model, setup.space, selection), seed)
+
     @staticmethod
     def _proxy_map(setup, ratios: np.ndarray, selection) -> float:  # noqa: ANN001
         """The proxy mAP of a policy with these channels, by the evaluator the search uses."""
