@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -36,7 +35,7 @@ import torch
 from amc.atomic import atomic_write_json
 from amc.bench.compare import SEARCH_METHODS, CompareBench
 from amc.bench.compare_stats import mean_std, paired
-from amc.errors import AmcError, ConfigError
+from amc.errors import ConfigError, script_main
 from amc.models.io import save_model
 from amc.pruning.physical import prune_model
 from amc.search.setup import SearchSetup
@@ -187,9 +186,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    try:
-        main()
-    except AmcError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    script_main(main)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from amc.bench.compare import METHODS, CompareBench
 from amc.bench.common import safe_spearman
 from amc.bench.compare_stats import mean_std, paired
 from amc.console import fmt_mean_std
-from amc.errors import AmcError
+from amc.errors import AmcError, script_main
 from amc.models.io import save_model
 
 
@@ -184,9 +183,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    try:
-        main()
-    except AmcError as e:  # a bad run dir, budget or cell; a failed fine-tune: one line, as the amc commands
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    script_main(main)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from omegaconf import OmegaConf
 from amc.atomic import atomic_write_json
 from amc.bench.common import safe_spearman
 from amc.bench.compare import METHODS, CompareBench
-from amc.errors import AmcError, ConfigError
+from amc.errors import ConfigError, script_main
 from amc.search.setup import SearchSetup
 
 SEARCHES = ("ddpg", "random")  # the methods whose policy differs by seed
@@ -133,9 +132,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    try:
-        main()
-    except AmcError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    script_main(main)

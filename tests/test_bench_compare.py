@@ -25,7 +25,7 @@ from amc.bench.compare import CompareBench, _changed_settings, compare_bench
 from amc.bench.compare_stats import (cell_machines, episodes_to_95, mean_std, paired, read_episodes, search_failed,
                                      wins)
 from amc.bench.headline import END, headline_markdown, replace_block
-from amc.errors import ConfigError
+from amc.errors import ConfigError, script_main
 
 METHODS = ["ddpg", "random", "uniform", "global_magnitude"]
 KEYS = {"map_proxy", "map_full", "map_finetuned", "map_proxy_std", "map_full_std", "map_finetuned_std", "wall_s",
@@ -800,6 +800,19 @@ def test_shipped_export_rules_are_the_report_of_their_cells(budget: str) -> None
         exported = {m: {s: c["best"] for s, c in by_seed.items()} for m, by_seed in tuned["cells"].items()}
     remade = _script("export_rule").report(study["cells"], study["seeds"], study["budget"], exported)
     assert json.loads(json.dumps(remade)) == study["report"]
+
+
+def test_a_scripts_user_error_is_one_error_line_and_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """The result scripts end as the amc commands do (amc.errors.script_main): a user's error is one `error:` line
+    on stderr and exit code 2; a script that succeeds returns normally."""
+    def bad() -> None:
+        raise ConfigError("no budget 0.4 in this bench")
+
+    with pytest.raises(SystemExit) as stop:
+        script_main(bad)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "error: no budget 0.4 in this bench\n"
+    script_main(lambda: None)
 
 
 def test_a_finished_cells_model_is_rebuilt_with_the_channels_it_was_scored_with(finished, tmp_path):
