@@ -9,7 +9,9 @@ picked policy with the bench's own judge on this machine (full-val mAP after ada
 with the cell's seed: `CompareBench.judge`), and pairs the methods seed by seed under each rule.
 
 Rules: ``reward`` (the export today), ``map_top10`` (the best proxy mAP among the 10 best rewards), ``map`` (the
-best proxy mAP of the whole search). The search's trajectory is the same under every rule; only the pick differs.
+best proxy mAP of the whole search), ``map_top10_learned`` (``map_top10`` over the episodes after DDPG's warm-up: a
+warm-up draw exported is a failed seed; random search has no warm-up, so it picks as ``map_top10``). The search's
+trajectory is the same under every rule; only the pick differs.
 
 With ``--finetune-dir DIR`` every picked policy that is not the cell's export (those are in
 docs/results/finetune-cells-<budget>) also gets the default `amc-finetune` (its own process, the cell's seed, one
@@ -43,7 +45,7 @@ from amc.search.setup import SearchSetup
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script that runs amc-finetune
 from finetune_cells import _finetune  # noqa: E402
 
-RULES = ("reward", "map_top10", "map")
+RULES = ("reward", "map_top10", "map", "map_top10_learned")
 
 
 def pick(episodes: list[dict[str, Any]], rule: str) -> dict[str, Any]:
@@ -51,12 +53,14 @@ def pick(episodes: list[dict[str, Any]], rule: str) -> dict[str, Any]:
     scored = [e for e in episodes if not e.get("penalized")]
     if not scored:
         raise ConfigError("no episode of this search scored")
+    if rule not in RULES:
+        raise ConfigError(f"unknown rule {rule!r} (known: {', '.join(RULES)})")
+    if rule == "map_top10_learned":  # DDPG's warm-up draws are random policies: exporting one fails the seed
+        scored = [e for e in scored if e.get("phase") != "warmup"] or scored
     by_reward = sorted(scored, key=lambda e: (-e["reward"], e["episode"]))
     if rule == "reward":
         return by_reward[0]
-    pool = by_reward[:10] if rule == "map_top10" else scored
-    if rule not in ("map_top10", "map"):
-        raise ConfigError(f"unknown rule {rule!r} (known: {', '.join(RULES)})")
+    pool = scored if rule == "map" else by_reward[:10]
     return min(pool, key=lambda e: (-e["map50_95"], e["episode"]))
 
 

@@ -740,11 +740,16 @@ def test_export_rules_pick_by_reward_or_by_proxy_map_and_pair_the_searches() -> 
     among the 10 best rewards, ``map`` the best proxy mAP of all; penalized episodes never; the report pairs DDPG with
     random search seed by seed under each rule."""
     script = _script("export_rule")
-    episodes = [{"episode": k + 1, "reward": -0.1 * k, "map50_95": 0.01 * k, "penalized": False} for k in range(15)]
+    episodes = [{"episode": k + 1, "reward": -0.1 * k, "map50_95": 0.01 * k, "penalized": False,
+                 "phase": "warmup" if k < 2 else "explore"} for k in range(15)]
     episodes.append({"episode": 16, "reward": 1.0, "map50_95": 0.9, "penalized": True})
     assert script.pick(episodes, "reward")["episode"] == 1
     assert script.pick(episodes, "map_top10")["episode"] == 10
     assert script.pick(episodes, "map")["episode"] == 15
+    assert script.pick(episodes, "map_top10_learned")["episode"] == 12  # the 10 best rewards after the warm-up
+    episodes[0]["map50_95"] = 1.0  # the best mAP of all is a warm-up draw: never exported by the learned rule
+    assert script.pick(episodes, "map_top10")["episode"] == 1
+    assert script.pick(episodes, "map_top10_learned")["episode"] == 12
     with pytest.raises(ConfigError, match="unknown rule"):
         script.pick(episodes, "loss")
     with pytest.raises(ConfigError, match="no episode"):
