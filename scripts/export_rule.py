@@ -24,7 +24,6 @@ Usage: python scripts/export_rule.py RUN_DIR OUT_JSON [--budget 0.3] [--seeds 0 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 import tempfile
@@ -36,10 +35,11 @@ import torch
 
 from amc.atomic import atomic_write_json
 from amc.bench.compare import SEARCH_METHODS, CompareBench
-from amc.bench.compare_stats import mean_std, paired
+from amc.bench.compare_stats import mean_std, paired, read_episodes
 from amc.errors import ConfigError, script_main
 from amc.models.io import save_model
 from amc.pruning.physical import prune_model
+from amc.pruning.selection import ChannelSelection
 from amc.search.setup import SearchSetup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script that runs amc-finetune
@@ -62,6 +62,11 @@ def pick(episodes: list[dict[str, Any]], rule: str) -> dict[str, Any]:
         return by_reward[0]
     pool = scored if rule == "map" else by_reward[:10]
     return min(pool, key=lambda e: (-e["map50_95"], e["episode"]))
+
+
+def _channels(setup: SearchSetup, ratios: np.ndarray) -> ChannelSelection:
+    """The channels a search keeps for these ratios (its criterion on its model, as the search exports them)."""
+    return setup.criterion.select(setup.space.kept_channels(ratios))
 
 
 def report(cells: dict[str, dict[str, dict[str, Any]]], seeds: list[int], budget: str,
@@ -117,61 +122,6 @@ def main() -> None:
     budget = bench.budget(a.budget)
     out: dict[str, Any] = json.loads(a.out.read_text()) if a.out.is_file() else {}
     out.update(budget=a.budget, seeds=a.seeds, run_dir=str(a.run_dir), threads=a.threads, torch=torch.__version__)
-    cells: dict[str, dict[str, dict[str, Any]]] = out.setdefault("cells", {})
-    with tempfile.TemporaryDirectory() as work:
-        setup = SearchSetup(bench.cfgs[(budget.key, methods[0], a.seeds[0])], Path(work))
-        setup.build_env()
-        for seed in a.seeds:
-            for method in methods:
-                done = cells.setdefault(method, {}).setdefault(str(seed), {})
-                record = bench.finished_record(budget, method, seed)
-                if record is None:
-                    raise ConfigError(f"the cell {a.budget}/{method}/seed {seed} has not finished in {a.run_dir}")
-                log = bench.cell_path(budget, method, seed).with_suffix("") / "search" / "episodes.jsonl.gz"
-                with gzip.open(log, "rt") as f:
-                    episodes = [json.loads(line) for line in f if line.strip()]
-                for rule in RULES:
-                    chosen = pick(episodes, rule)
-                    if rule not in done:
-                        same = next((dict(v) for v in done.values() if v["episode"] == chosen["episode"]), None)
-                        if same is None:
-                            ratios = np.asarray(chosen["ratios"], dtype=np.float64)
-                            if rule == "reward" and not np.allclose(ratios, record["ratios"]):
-                                raise ConfigError(f"{log}: the best-reward episode is not the policy the cell "
-                                                  f"exported")
-                            selection = setup.criterion.select(setup.space.kept_channels(ratios))
-                            full, tuned = bench.judge(setup, selection, seed)
-                            same = {"episode": chosen["episode"], "reward": chosen["reward"],
-                                    "map_proxy": chosen["map50_95"], "map_full": full, "map_finetuned": tuned}
-                        done[rule] = same
-                        atomic_write_json(a.out, out)
-                        print(f"{method} seed {seed} {rule}: episode {same['episode']}, proxy mAP "
-                              f"{same['map_proxy']:.4f}, judged {same['map_finetuned']:.4f} (cell's export: "
-                              f"{record['map_finetuned']:.4f})", flush=True)
-                    entry = done[rule]
-                    if a.finetune_dir is None or rule not in a.finetune_rules or \
-                            entry["episode"] == done["reward"]["episode"] or "default_finetune" in entry:
-                        continue
-                    twin = next((v for v in done.values() if v["episode"] == entry["episode"]
-                                 and "default_finetune" in v), None)
-                    if twin is None:
-                        name = f"{method}-seed{seed}-ep{entry['episode']}"
-                        root = a.finetune_dir.resolve()
-                        if not (root / "models" / name).is_dir():
-                            ratios = np.asarray(chosen["ratios"], dtype=np.float64)
-                            selection = setup.criterion.select(setup.space.kept_channels(ratios))
-                            save_model(prune_model(setup.model, setup.space, selection), root / "models" / name,
-                                       extra={"pruned_from": setup.source, "episode": entry["episode"]})
-                        metrics = _finetune(sys.executable, root / "models" / name, root / "finetune" / name, seed,
-                                            ["threads=1"], root / "logs" / f"{name}.log")
-                        entry["default_finetune"] = metrics["best_map50_95"]
-                        print(f"  {name}: default fine-tune {entry['default_finetune']:.4f}", flush=True)
-                    else:
-                        entry["default_finetune"] = twin["default_finetune"]
-                    atomic_write_json(a.out, out)
-        _close = getattr(setup.evaluate, "proxy", None)
-        if _close is not None:
-            _close.close()
     exported = None
     if a.exported_finetune is not None:  # finetune_cells.py's results of the same bench and budget
         tuned = json.loads((a.exported_finetune / "results.json").read_text())
@@ -179,6 +129,59 @@ def main() -> None:
             raise ConfigError(f"{a.exported_finetune} fine-tuned budget {tuned['budget']}, not {a.budget}")
         exported = {m: {s: c["best"] for s, c in by_seed.items()} for m, by_seed in tuned["cells"].items()}
         out["exported_finetune"] = str(a.exported_finetune)
+    cells: dict[str, dict[str, dict[str, Any]]] = out.setdefault("cells", {})
+    with tempfile.TemporaryDirectory() as work:
+        setup = SearchSetup(bench.cfgs[(budget.key, methods[0], a.seeds[0])], Path(work))
+        setup.build_env()
+        try:
+            for seed in a.seeds:
+                for method in methods:
+                    done = cells.setdefault(method, {}).setdefault(str(seed), {})
+                    record = bench.finished_record(budget, method, seed)
+                    if record is None:
+                        raise ConfigError(f"the cell {a.budget}/{method}/seed {seed} has not finished in {a.run_dir}")
+                    log = bench.cell_path(budget, method, seed).with_suffix("") / "search" / "episodes.jsonl"
+                    episodes = read_episodes(log)  # the shipped cells keep it gzipped
+                    if not episodes:
+                        raise ConfigError(f"{log}(.gz): no episode log in this search cell")
+                    for rule in RULES:
+                        chosen = pick(episodes, rule)
+                        ratios = np.asarray(chosen["ratios"], dtype=np.float64)
+                        if rule == "reward" and not np.allclose(ratios, record["ratios"]):
+                            raise ConfigError(f"{log}: the best-reward episode is not the policy the cell exported")
+                        if rule not in done:
+                            same = next((dict(v) for v in done.values() if v["episode"] == chosen["episode"]), None)
+                            if same is None:
+                                full, tuned = bench.judge(setup, _channels(setup, ratios), seed)
+                                same = {"episode": chosen["episode"], "reward": chosen["reward"],
+                                        "map_proxy": chosen["map50_95"], "map_full": full, "map_finetuned": tuned}
+                            done[rule] = same
+                            atomic_write_json(a.out, out)
+                            print(f"{method} seed {seed} {rule}: episode {same['episode']}, proxy mAP "
+                                  f"{same['map_proxy']:.4f}, judged {same['map_finetuned']:.4f} (cell's export: "
+                                  f"{record['map_finetuned']:.4f})", flush=True)
+                        entry = done[rule]
+                        if a.finetune_dir is None or rule not in a.finetune_rules or \
+                                entry["episode"] == done["reward"]["episode"] or "default_finetune" in entry:
+                            continue
+                        twin = next((v for v in done.values() if v["episode"] == entry["episode"]
+                                     and "default_finetune" in v), None)
+                        if twin is None:
+                            name = f"{method}-seed{seed}-ep{entry['episode']}"
+                            root = a.finetune_dir.resolve()
+                            if not (root / "models" / name).is_dir():
+                                save_model(prune_model(setup.model, setup.space, _channels(setup, ratios)),
+                                           root / "models" / name,
+                                           extra={"pruned_from": setup.source, "episode": entry["episode"]})
+                            metrics = _finetune(sys.executable, root / "models" / name, root / "finetune" / name, seed,
+                                                ["threads=1"], root / "logs" / f"{name}.log")
+                            entry["default_finetune"] = metrics["best_map50_95"]
+                            print(f"  {name}: default fine-tune {entry['default_finetune']:.4f}", flush=True)
+                        else:
+                            entry["default_finetune"] = twin["default_finetune"]
+                        atomic_write_json(a.out, out)
+        finally:
+            setup.evaluate.close()  # the proxy's BN state and any masks
     out["report"] = report(cells, a.seeds, a.budget, exported)
     atomic_write_json(a.out, out)
     for rule, by_method in out["report"]["summary"].items():

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from amc.atomic import atomic_write_json, atomic_write_text
-from amc.bench.compare import METHODS, CompareBench
+from amc.bench.compare import METHODS, SEARCH_METHODS, CompareBench
 from amc.bench.common import safe_spearman
 from amc.bench.compare_stats import mean_std, paired
 from amc.console import fmt_mean_std
@@ -63,7 +63,6 @@ def _finetune(python: str, model_dir: Path, run: Path, seed: int, overrides: lis
 
 
 FINETUNES = ("best", "last", "bench_1epoch")  # a cell's mAPs: default fine-tune (best, last epoch), the bench's 1 epoch
-SEARCHES = ("ddpg", "random")  # the methods whose policy differs by seed (the baselines' is the same in every seed)
 JUDGES = {"bench_1epoch": "the bench's 1-epoch mAP", "map_proxy": "the search's proxy mAP (search split)"}
 LABELS = {"best": "default fine-tune, best epoch", "last": "default fine-tune, last epoch",
           "bench_1epoch": "bench 1-epoch"}
@@ -87,7 +86,7 @@ def report(cells: dict[str, dict[int, dict[str, Any]]], budget: str, seeds: list
             records = {budget: {m: [{"seed": s, k: cells[m][s][k]} for s in seeds] for m in methods}}
             pairs[k] = paired(records, metric=k)[budget]
     groups = {"every policy": [cells[m][s] for m in methods for s in seeds],
-              "search policies": [cells[m][s] for m in methods if m in SEARCHES for s in seeds]}
+              "search policies": [cells[m][s] for m in methods if m in SEARCH_METHODS for s in seeds]}
     spearman = {judge: {who: safe_spearman([c[judge] for c in group], [c["best"] for c in group])
                         for who, group in groups.items() if group and all(judge in c for c in group)}
                 for judge in ("bench_1epoch", "map_proxy")}

@@ -38,11 +38,10 @@ from omegaconf import OmegaConf
 
 from amc.atomic import atomic_write_json
 from amc.bench.common import safe_spearman
-from amc.bench.compare import METHODS, CompareBench
+from amc.bench.compare import METHODS, SEARCH_METHODS, CompareBench
 from amc.errors import ConfigError, script_main
 from amc.search.setup import SearchSetup
 
-SEARCHES = ("ddpg", "random")  # the methods whose policy differs by seed
 SCORES = {"map": "proxy mAP", "reward": "minus the distillation loss (reward=recovery)"}
 
 
@@ -61,7 +60,7 @@ def report(cells: dict[str, dict[str, dict[str, Any]]], methods: list[str], seed
     """Per method the mean proxy scores; Spearman of each score with the default fine-tune's best mAP over every
     policy and over the search policies; the median seconds per policy (``cells``: method -> seed -> record)."""
     records = [cells[m][str(s)] for m in methods for s in seeds if str(s) in cells.get(m, {})]
-    search = [r for r in records if r["method"] in SEARCHES]
+    search = [r for r in records if r["method"] in SEARCH_METHODS]
     per_method = {m: {k: statistics.fmean(cells[m][str(s)][k] for s in seeds if str(s) in cells[m])
                       for k in ("map", "reward", "finetuned")}
                   for m in methods if any(str(s) in cells.get(m, {}) for s in seeds)}
@@ -104,28 +103,30 @@ def main() -> None:
         setup = SearchSetup(cfg, Path(work))
         setup.build_env()
         proxy = setup.evaluate.proxy
-        for seed in seeds:
-            for method in a.methods:
-                if str(seed) in cells.get(method, {}):
-                    continue
-                record = bench.finished_record(budget, method, seed)
-                if record is None:
-                    raise ConfigError(f"the cell {budget_key}/{method}/seed {seed} has not finished in {a.run_dir}")
-                selection = bench.cell_selection(setup, budget, method, record)
-                # a baseline's policy is the same in every seed (checked: same channels), so it is scored once
-                same = next((c for c in cells.get(method, {}).values() if c.get("kept") == record["kept"]), None)
-                if same is None:
-                    result = proxy(selection)
-                    scores = {"map": result.map50_95, "reward": -result.recover_loss, "seconds": result.total_s}
-                else:
-                    scores = {k: same[k] for k in ("map", "reward", "seconds")}
-                cells.setdefault(method, {})[str(seed)] = {
-                    "method": method, "seed": seed, **scores, "kept": record["kept"],
-                    "finetuned": finetuned["cells"][method][str(seed)]["best"]}
-                atomic_write_json(a.out, out)
-                print(f"{method} seed {seed}: proxy mAP {scores['map']:.4f}, reward {scores['reward']:.4f}, "
-                      f"{scores['seconds']:.1f} s", flush=True)
-        proxy.close()
+        try:
+            for seed in seeds:
+                for method in a.methods:
+                    if str(seed) in cells.get(method, {}):
+                        continue
+                    record = bench.finished_record(budget, method, seed)
+                    if record is None:
+                        raise ConfigError(f"the cell {budget_key}/{method}/seed {seed} has not finished in {a.run_dir}")
+                    selection = bench.cell_selection(setup, budget, method, record)
+                    # a baseline's policy is the same in every seed (checked: same channels), so it is scored once
+                    same = next((c for c in cells.get(method, {}).values() if c.get("kept") == record["kept"]), None)
+                    if same is None:
+                        result = proxy(selection)
+                        scores = {"map": result.map50_95, "reward": -result.recover_loss, "seconds": result.total_s}
+                    else:
+                        scores = {k: same[k] for k in ("map", "reward", "seconds")}
+                    cells.setdefault(method, {})[str(seed)] = {
+                        "method": method, "seed": seed, **scores, "kept": record["kept"],
+                        "finetuned": finetuned["cells"][method][str(seed)]["best"]}
+                    atomic_write_json(a.out, out)
+                    print(f"{method} seed {seed}: proxy mAP {scores['map']:.4f}, reward {scores['reward']:.4f}, "
+                          f"{scores['seconds']:.1f} s", flush=True)
+        finally:
+            proxy.close()
     out["report"] = report(cells, a.methods, seeds)
     atomic_write_json(a.out, out)
     print(json.dumps(out["report"], indent=1))
