@@ -40,28 +40,13 @@ from amc.errors import ConfigError, script_main
 from amc.models.io import save_model
 from amc.pruning.physical import prune_model
 from amc.pruning.selection import ChannelSelection
+from amc.search.pick import EXPORT_RULES, pick
 from amc.search.setup import SearchSetup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script that runs amc-finetune
 from finetune_cells import _finetune  # noqa: E402
 
-RULES = ("reward", "map_top10", "map", "map_top10_learned")
-
-
-def pick(episodes: list[dict[str, Any]], rule: str) -> dict[str, Any]:
-    """The episode ``rule`` exports from a search's episode log (penalized episodes never; ties: the earliest)."""
-    scored = [e for e in episodes if not e.get("penalized")]
-    if not scored:
-        raise ConfigError("no episode of this search scored")
-    if rule not in RULES:
-        raise ConfigError(f"unknown rule {rule!r} (known: {', '.join(RULES)})")
-    if rule == "map_top10_learned":  # DDPG's warm-up draws are random policies: exporting one fails the seed
-        scored = [e for e in scored if e.get("phase") != "warmup"] or scored
-    by_reward = sorted(scored, key=lambda e: (-e["reward"], e["episode"]))
-    if rule == "reward":
-        return by_reward[0]
-    pool = scored if rule == "map" else by_reward[:10]
-    return min(pool, key=lambda e: (-e["map50_95"], e["episode"]))
+RULES = EXPORT_RULES  # the search's own rules (amc/search/pick.py: export_rule of conf/search.yaml)
 
 
 def _channels(setup: SearchSetup, ratios: np.ndarray) -> ChannelSelection:

@@ -26,6 +26,7 @@ from amc.bench.compare_stats import (cell_machines, episodes_to_95, mean_std, pa
                                      wins)
 from amc.bench.headline import END, headline_markdown, replace_block
 from amc.errors import ConfigError, script_main
+from amc.search.pick import EXPORT_RULES, pick
 
 METHODS = ["ddpg", "random", "uniform", "global_magnitude"]
 KEYS = {"map_proxy", "map_full", "map_finetuned", "map_proxy_std", "map_full_std", "map_finetuned_std", "wall_s",
@@ -736,24 +737,10 @@ def test_shipped_proxy_studies_are_the_report_of_their_cells(name: str) -> None:
 
 
 def test_export_rules_pick_by_reward_or_by_proxy_map_and_pair_the_searches() -> None:
-    """scripts/export_rule.py: ``reward`` picks the best reward (the search's export), ``map_top10`` the best proxy mAP
-    among the 10 best rewards, ``map`` the best proxy mAP of all; penalized episodes never; the report pairs DDPG with
-    random search seed by seed under each rule."""
+    """scripts/export_rule.py picks with the search's own rules (amc.search.pick) and pairs DDPG with random search
+    seed by seed under each rule."""
     script = _script("export_rule")
-    episodes = [{"episode": k + 1, "reward": -0.1 * k, "map50_95": 0.01 * k, "penalized": False,
-                 "phase": "warmup" if k < 2 else "explore"} for k in range(15)]
-    episodes.append({"episode": 16, "reward": 1.0, "map50_95": 0.9, "penalized": True})
-    assert script.pick(episodes, "reward")["episode"] == 1
-    assert script.pick(episodes, "map_top10")["episode"] == 10
-    assert script.pick(episodes, "map")["episode"] == 15
-    assert script.pick(episodes, "map_top10_learned")["episode"] == 12  # the 10 best rewards after the warm-up
-    episodes[0]["map50_95"] = 1.0  # the best mAP of all is a warm-up draw: never exported by the learned rule
-    assert script.pick(episodes, "map_top10")["episode"] == 1
-    assert script.pick(episodes, "map_top10_learned")["episode"] == 12
-    with pytest.raises(ConfigError, match="unknown rule"):
-        script.pick(episodes, "loss")
-    with pytest.raises(ConfigError, match="no episode"):
-        script.pick(episodes[-1:], "reward")
+    assert script.pick is pick and script.RULES == EXPORT_RULES  # the search's own rules (tested in test_pick.py)
     judged = {"ddpg": [0.08, 0.07, 0.09], "random": [0.07, 0.08, 0.05]}
     cells = {m: {str(s): {rule: {"map_finetuned": v + (0.02 if rule == "map" and m == "ddpg" else 0.0),
                                  "map_full": 0.0, "map_proxy": 0.05}

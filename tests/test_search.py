@@ -20,6 +20,7 @@ import yaml
 from amc.models import load_model
 from amc.pruning.policy import Policy
 from amc.pruning.space import ChannelRounding, PruningSpace
+from amc.search.pick import pick
 from amc.search.tracking import read_scalars
 
 STUB = ["evaluator=stub", "final.latency_runs=0", "progress=false"]
@@ -161,6 +162,48 @@ def test_resume_after_kill_continues_exactly(tmp_path: Path) -> None:
     assert results["episodes"] == 24
 
 
+def test_the_export_rule_picks_from_the_whole_log_and_survives_a_kill(tmp_path: Path) -> None:
+    """export_rule=map_top10_learned: best_policy.yaml, results.json and the pruned model hold the episode the rule
+    picks from the whole episode log (never a warm-up draw once the agent has learned), the same after a kill -9
+    and a resume as without; the episodes played are those of the default rule."""
+    args = (*STUB, "episodes=16", "agent.warmup=4", "checkpoint_every=3", "budget.flops=0.5")
+    runs = {}
+    for name, rule in (("reward", "reward"), ("ref", "map_top10_learned")):
+        run = amc_search(f"hydra.run.dir={tmp_path / name}", *args, f"export_rule={rule}", cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+        runs[name] = episodes(tmp_path / name)
+    assert [e["ratios"] for e in runs["reward"]] == [e["ratios"] for e in runs["ref"]]  # the same trajectory
+    exported = {name: Policy.load(tmp_path / name / "best_policy.yaml").metrics["episode"] for name in runs}
+    assert exported["reward"] == pick(runs["reward"], "reward")["episode"] != exported["ref"]  # this seed: they differ
+
+    out = tmp_path / "killed"
+    script = tmp_path / "killed_at.py"
+    script.write_text(KILLED_AT)
+    env = {**os.environ, "AMC_CACHE_DIR": str(tmp_path / "cache"), "AMC_TEST_KILL_AT": "11"}
+    killed = subprocess.run([sys.executable, str(script), f"hydra.run.dir={out}", *args,
+                             "export_rule=map_top10_learned"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = amc_search(f"resume={out}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+
+    for name in ("ref", "killed"):
+        run_dir = tmp_path / name
+        log = episodes(run_dir)
+        chosen = pick(log, "map_top10_learned")
+        assert chosen["phase"] != "warmup"
+        results = json.loads((run_dir / "results.json").read_text())
+        best = Policy.load(run_dir / "best_policy.yaml")
+        assert results["best_episode"] == best.metrics["episode"] == chosen["episode"], name
+        assert best.metrics["export_rule"] == "map_top10_learned" and best.metrics["phase"] == chosen["phase"]
+        assert results["best_map_proxy"] == best.metrics["map50_95_proxy"] == chosen["map50_95"]
+        space = demo_space(run_dir)
+        assert np.allclose(best.ratios_for(space), chosen["ratios"])
+        pruned, _ = load_model(str(run_dir / "model"))
+        assert pruned.cost(256).macs == space.policy_cost(best.ratios_for(space)).macs
+    assert [e["ratios"] for e in episodes(out)] == [e["ratios"] for e in runs["ref"]]
+
+
 def test_multirun_sweep_with_the_submitit_local_launcher(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     run = amc_search("-m", "hydra/launcher=local", f"hydra.sweep.dir={sweep}", *STUB, "episodes=2", "agent.warmup=1",
@@ -178,6 +221,7 @@ def test_multirun_sweep_with_the_submitit_local_launcher(tmp_path: Path) -> None
     (["model=yolov7-tiny", "evaluator=proxy"], "classes"),  # 80 classes against the demo's 3
     (["episodes=0"], "episodes must be"),
     (["ratio_bounds=[0.5,0.2]"], "ratio_bounds"),
+    (["export_rule=best"], "export_rule must be one of reward, map_top10, map, map_top10_learned"),
     (["evaluator=proxy", "evaluator.proxy.recover_steps=0"], "evaluator.proxy.recover_steps > 0"),  # reward=recovery: no steps
 ])
 def test_bad_input_is_one_line_before_the_search(tmp_path: Path, overrides: list[str], message: str) -> None:

@@ -67,10 +67,10 @@ METHODS = ("ddpg", "random", "uniform", "global_magnitude")
 """Every method the bench knows, in table order."""
 SEARCH_METHODS = ("ddpg", "random")
 """The methods that run a search (the others compute one policy)."""
-LATER_SETTINGS: dict[str, Any] = {"spend_budget": False, "agent.imitate_best": 0.0}
+LATER_SETTINGS: dict[str, Any] = {"spend_budget": False, "agent.imitate_best": 0.0, "export_rule": "reward"}
 """Search settings added after benches had run, each with the value that does what those benches did: left out of
 a cell's fingerprint at that value, so that cells computed before the setting existed still read back."""
-SEARCH_ONLY_LATER = ("spend_budget", "agent.imitate_best")
+SEARCH_ONLY_LATER = ("spend_budget", "agent.imitate_best", "export_rule")
 """Later settings only a search uses (the environment's wall, the DDPG actor's loss): always left out of a baseline
 cell's fingerprint, whatever their default, so that a new default does not disown the baselines' cells. (The rest of
 a baseline's agent settings stay in its fingerprint, as they were when the first benches ran.)"""

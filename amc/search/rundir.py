@@ -3,7 +3,8 @@
 A run directory holds everything a search produces and everything it needs to continue:
 
 * ``search_config.yaml``: the resolved config the search started with (a resume reads it back);
-* ``best_policy.yaml``: the best policy so far, rewritten atomically whenever a better episode appears;
+* ``best_policy.yaml``: the policy the search exports so far (its ``export_rule``: by default the best reward),
+  rewritten atomically whenever the pick changes;
 * ``checkpoint/``: agent state (weights, optimizers, replay buffer, noise, RNG) and search state (episode
   counter, best episode, :class:`SearchState`), replaced as a whole after every ``checkpoint_every`` episodes
   (:func:`amc.atomic.atomic_dir`);
@@ -29,6 +30,7 @@ from amc.errors import ConfigError
 from amc.search.resume import CHECKPOINT_DIR, CONFIG_FILE, RESULT_NEUTRAL, RUN_MARKER  # noqa: F401
 
 BEST_POLICY_FILE = "best_policy.yaml"
+COST_KEYS = ("flops_ratio", "params_ratio", "latency_ratio")
 
 
 def check_writable(run_dir: Path) -> None:
@@ -99,6 +101,9 @@ class SearchState:
     penalized: int = 0
     search_s: float = 0.0
     first_episode: int = 1
+    # the episodes the export rule may still pick (amc.search.pick.candidates): number, reward, proxy mAP, phase,
+    # ratios and costs of each
+    candidates: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -110,4 +115,11 @@ class SearchState:
         d = dict(d)
         d["best_reward"] = -math.inf if d.get("best_reward") is None else float(d["best_reward"])
         d.setdefault("first_episode", 0)  # a checkpoint written before episode numbers started at 1
+        if "candidates" not in d and d.get("best_ratios") is not None:
+            # a checkpoint written before the export rules: its runs export by reward, and its best episode is the
+            # only one that rule may still pick
+            metrics = d.get("best_metrics") or {}
+            d["candidates"] = [{"episode": d["best_episode"], "reward": d["best_reward"],
+                                "map50_95": metrics.get("map50_95"), "phase": "", "ratios": d["best_ratios"],
+                                **{k: metrics.get(k) for k in COST_KEYS}}]
         return cls(**d)

@@ -28,12 +28,16 @@ from amc.errors import ConfigError
 from amc.pruning.policy import Policy
 from amc.search.parallel import make_search_vec_env
 from amc.search.report import final_report, max_latency_spread
-from amc.search.rundir import (BEST_POLICY_FILE, CHECKPOINT_DIR, CONFIG_FILE, RUN_MARKER, SearchState, check_writable,
-                               load_resume_config)
+from amc.search.pick import candidates, pick
+from amc.search.rundir import (BEST_POLICY_FILE, CHECKPOINT_DIR, CONFIG_FILE, COST_KEYS, RUN_MARKER, SearchState,
+                               check_writable, load_resume_config)
 from amc.search.setup import SearchSetup
 from amc.search.tracking import SearchLog
 
 __all__ = ["SearchRunner", "load_resume_config"]
+
+CANDIDATE_KEYS = ("episode", "reward", "map50_95", "phase", "ratios", *COST_KEYS)
+"""What the runner keeps of an episode the export rule may pick (:func:`amc.search.pick.candidates`)."""
 
 
 # ---------------------------------------------------------------------------------------------- runner
@@ -80,6 +84,8 @@ class SearchRunner(SearchSetup):
                 self.state.first_episode = 1
                 if self.state.best_episode >= 0:
                     self.state.best_episode += 1
+                for candidate in self.state.candidates:
+                    candidate["episode"] += 1
             self._adopt_exported_best()
             if self._zero_based:  # renumber the files that hold episode numbers (episodes.jsonl: SearchLog)
                 if self.state.best_ratios is not None:
@@ -165,12 +171,11 @@ class SearchRunner(SearchSetup):
                   "seconds": float(report.seconds), "ratios": [float(r) for r in report.ratios]}
         st = self.state
         st.penalized += int(report.penalized)
-        if not report.penalized and report.reward > st.best_reward:
-            st.best_reward, st.best_episode = float(report.reward), number
-            st.best_ratios = [float(r) for r in report.ratios]
-            st.best_metrics = {k: record[k] for k in ("map50_95", "flops_ratio", "params_ratio", "latency_ratio")}
-            self._write_best_policy()
-            self.log.best_policy(st.best_episode, np.asarray(st.best_ratios), st.best_reward)
+        if not report.penalized:
+            st.candidates = candidates([*st.candidates, {k: record[k] for k in CANDIDATE_KEYS}])
+            chosen = pick(st.candidates, self.settings.export_rule)
+            if chosen["episode"] != st.best_episode or chosen["reward"] != st.best_reward:
+                self._export(chosen)
         record["best_reward"] = st.best_reward if math.isfinite(st.best_reward) else None
         self.log.episode(record, dict(report.metrics))
         st.episodes_done = int(report.episode) + 1
@@ -184,32 +189,51 @@ class SearchRunner(SearchSetup):
         if self.after_episode is not None:
             self.after_episode(report)
 
+    def _export(self, chosen: dict[str, Any]) -> None:
+        """Make the episode ``chosen`` (a candidate record) the search's export: state, best_policy.yaml, curves."""
+        self._set_export(chosen)
+        self._write_best_policy()
+        self.log.best_policy(self.state.best_episode, np.asarray(self.state.best_ratios), self.state.best_reward)
+
+    def _set_export(self, chosen: dict[str, Any]) -> None:
+        st = self.state
+        st.best_reward, st.best_episode = float(chosen["reward"]), int(chosen["episode"])
+        st.best_ratios = [float(r) for r in chosen["ratios"]]
+        st.best_metrics = {"map50_95": chosen.get("map50_95"), "phase": chosen.get("phase", ""),
+                           **{k: chosen.get(k) for k in COST_KEYS}}
+
     def _write_best_policy(self) -> None:
         st = self.state
         policy = Policy.from_ratios(self.space, st.best_ratios, method="search", criterion=self.criterion_name,
                                     source=self.source, budget={self.settings.budget_metric: self.settings.budget_fraction},
                                     metrics={"reward": st.best_reward, "episode": st.best_episode,
                                              "map50_95_proxy": st.best_metrics.get("map50_95"),
-                                             "agent": str(self.cfg.agent.name), "seed": self.settings.seed})
+                                             "agent": str(self.cfg.agent.name), "seed": self.settings.seed,
+                                             "phase": st.best_metrics.get("phase", ""),
+                                             "export_rule": self.settings.export_rule})
         policy.save(self.run_dir / BEST_POLICY_FILE)
 
     def _adopt_exported_best(self) -> None:
-        """On resume: a best policy exported after the last checkpoint is kept (never replaced by a worse one)."""
+        """On resume: a policy exported after the last checkpoint (the kill came between the two) stays a candidate
+        of the export rule, so a resumed search never exports worse than what it had already exported."""
         path = self.run_dir / BEST_POLICY_FILE
         if not path.is_file():
             return
         policy = Policy.load(path)
-        reward = policy.metrics.get("reward")
-        if reward is not None and float(reward) > self.state.best_reward:
-            st = self.state
-            episode = int(policy.metrics.get("episode", -1))
-            if self._zero_based and episode >= 0:  # written by a run that numbered episodes from 0 (SearchState)
-                episode += 1
-            st.best_reward, st.best_episode = float(reward), episode
-            st.best_ratios = [float(r) for r in policy.ratios_for(self.space)]
-            st.best_metrics = {"map50_95": policy.metrics.get("map50_95_proxy"),
-                               "flops_ratio": policy.cost.get("flops_ratio"),
-                               "params_ratio": policy.cost.get("params_ratio"), "latency_ratio": None}
+        reward, episode = policy.metrics.get("reward"), int(policy.metrics.get("episode", -1))
+        if self._zero_based and episode >= 0:  # written by a run that numbered episodes from 0 (SearchState)
+            episode += 1
+        st = self.state
+        if reward is None or episode <= st.episodes_done:  # an episode the checkpoint holds: already a candidate
+            return
+        exported = {"episode": episode, "reward": float(reward), "map50_95": policy.metrics.get("map50_95_proxy"),
+                    "phase": str(policy.metrics.get("phase", "")),
+                    "ratios": [float(r) for r in policy.ratios_for(self.space)],
+                    "flops_ratio": policy.cost.get("flops_ratio"), "params_ratio": policy.cost.get("params_ratio"),
+                    "latency_ratio": None}
+        st.candidates = candidates([*st.candidates, exported])
+        self._set_export(pick(st.candidates, self.settings.export_rule))
+        self._write_best_policy()
 
     def _checkpoint(self, force: bool = False) -> None:
         """Agent and search state, replaced as a whole (a kill leaves the previous complete checkpoint)."""

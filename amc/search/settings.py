@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 from amc.config import config_number, parse_img_size
 from amc.errors import ConfigError
 from amc.pruning.budget import Budget
+from amc.search.pick import check_rule
 
 
 @dataclass
@@ -29,6 +30,7 @@ class SearchSettings:
     workers: int = 1
     action_mode: str = "absolute"
     spend_budget: bool = False
+    export_rule: str = "reward"
 
     @property
     def budget(self) -> Budget:
@@ -59,6 +61,8 @@ class SearchSettings:
         spend_budget = cfg.get("spend_budget", False)
         if not isinstance(spend_budget, bool):
             raise ConfigError(f"spend_budget must be true or false, got {spend_budget!r}")
+        # absent in the configs of runs started before the knob: they exported the best reward
+        export_rule = check_rule(str(cfg.get("export_rule", "reward")))
         final = cfg.final
         return cls(episodes=episodes, seed=seed, img_size=img_size, ratio_bounds=(lo, hi),
                    budget_metric=budget.metric, budget_fraction=budget.fraction,
@@ -66,4 +70,5 @@ class SearchSettings:
                    final_latency_runs=config_number(final, "latency_runs", int, 0, prefix="final."),
                    final_latency_rounds=config_number(final, "latency_rounds", int, 1, prefix="final."),
                    export_model=bool(final.export_model), progress=bool(cfg.get("progress", True)),
-                   workers=workers, action_mode=action_mode, spend_budget=spend_budget)
+                   workers=workers, action_mode=action_mode, spend_budget=spend_budget,
+                   export_rule=export_rule)
