@@ -18,7 +18,7 @@ docs/results/finetune-cells-<budget>) also gets the default `amc-finetune` (its 
 thread), as scripts/finetune_cells.py runs it: DIR/models/, DIR/finetune/<method>-seed<k>-ep<episode>/.
 
 Usage: python scripts/export_rule.py RUN_DIR OUT_JSON [--budget 0.3] [--seeds 0 ... 7] [--threads 1]
-                                     [--finetune-dir DIR]
+                                     [--rules reward map_top10 ...] [--finetune-dir DIR]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,8 @@ def _channels(setup: SearchSetup, ratios: np.ndarray) -> ChannelSelection:
 
 
 def report(cells: dict[str, dict[str, dict[str, Any]]], seeds: list[int], budget: str,
-           exported_default: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+           exported_default: dict[str, dict[str, float]] | None = None,
+           rules: Sequence[str] = RULES) -> dict[str, Any]:
     """Per rule and method the mean and sd of the judged mAPs; per rule DDPG against random search, paired by seed.
 
     With ``exported_default`` (method -> seed -> the default fine-tune's mAP of the cell's exported policy, from
@@ -64,7 +66,7 @@ def report(cells: dict[str, dict[str, dict[str, Any]]], seeds: list[int], budget
     """
     methods = [m for m in SEARCH_METHODS if m in cells]
     out: dict[str, Any] = {"summary": {}, "paired": {}}
-    for rule in RULES:
+    for rule in rules:
         values = {m: {s: dict(cells[m][str(s)][rule]) for s in seeds} for m in methods}
         metrics = ["map_finetuned", "map_full", "map_proxy"]
         if exported_default is not None:
@@ -96,11 +98,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--finetune-dir", type=Path, default=None)
+    ap.add_argument("--rules", nargs="+", default=list(RULES), choices=RULES,
+                    help="the rules judged (reward always: the cell's own export, the pairing's reference)")
     ap.add_argument("--finetune-rules", nargs="+", default=list(RULES), choices=RULES,
                     help="the rules whose picks --finetune-dir fine-tunes")
     ap.add_argument("--exported-finetune", type=Path, default=None,
                     help="finetune_cells.py's output folder of this budget (the exported policies' default fine-tune)")
     a = ap.parse_args()
+    rules = [r for r in RULES if r == "reward" or r in a.rules]
     torch.set_num_threads(a.threads)
     methods = list(SEARCH_METHODS)
     bench = CompareBench.of_run(a.run_dir.resolve(), a.budget, a.seeds, methods)
@@ -129,7 +134,7 @@ def main() -> None:
                     episodes = read_episodes(log)  # the shipped cells keep it gzipped
                     if not episodes:
                         raise ConfigError(f"{log}(.gz): no episode log in this search cell")
-                    for rule in RULES:
+                    for rule in rules:
                         chosen = pick(episodes, rule)
                         ratios = np.asarray(chosen["ratios"], dtype=np.float64)
                         if rule == "reward" and not np.allclose(ratios, record["ratios"]):
@@ -167,7 +172,7 @@ def main() -> None:
                         atomic_write_json(a.out, out)
         finally:
             setup.evaluate.close()  # the proxy's BN state and any masks
-    out["report"] = report(cells, a.seeds, a.budget, exported)
+    out["report"] = report(cells, a.seeds, a.budget, exported, rules)
     atomic_write_json(a.out, out)
     for rule, by_method in out["report"]["summary"].items():
         for k, by_other in out["report"]["paired"].get(rule, {}).items():

@@ -157,6 +157,46 @@ def test_partial_run_resumes_without_redoing_finished_cells(finished, tmp_path, 
         compare_bench(tiny_cfg(f"bench.resume={out}", "bench.full.val_images=6"), tmp_path / "unused")
 
 
+def test_a_bench_resumed_with_another_export_rule_re_exports_its_search_cells(finished, tmp_path, monkeypatch):
+    """Cells whose settings differ in export_rule alone are exported again from their episode logs (no episode played
+    again, the baselines untouched), the former export kept in the record; then the table reads them as its own."""
+    src, before = finished
+    out = tmp_path / "rule"
+    shutil.copytree(src, out)
+    cells = out / "cells" / "flops-0.7"
+    baselines = {p: p.read_text() for m in ("uniform", "global_magnitude") for p in (cells / m).glob("seed*.json")}
+    logs = {p: p.read_text() for p in cells.rglob("episodes.jsonl")}
+    monkeypatch.setattr(CompareBench, "_run_cell", lambda *a: pytest.fail("a cell was run again"))
+    cfg = tiny_cfg(f"bench.resume={out}")
+    OmegaConf.update(cfg, "bench.search.overrides", ["evaluator=stub", "export_rule=map_top10_learned"])
+    after = compare_bench(cfg, tmp_path / "unused")
+    changed = 0
+    for method in ("ddpg", "random"):
+        for seed in (0, 1):
+            record = json.loads((cells / method / f"seed{seed}.json").read_text())
+            log = read_episodes(cells / method / f"seed{seed}" / "search" / "episodes.jsonl")
+            chosen = pick(log, "map_top10_learned")
+            assert record["best_episode"] == chosen["episode"] and record["map_proxy"] == chosen["map50_95"]
+            assert record["ratios"] == chosen["ratios"] and record["settings"]["search"]["export_rule"] == \
+                "map_top10_learned"
+            was = record["re_exported"]["before"]
+            assert was["best_episode"] == pick(log, "reward")["episode"]
+            changed += was["best_episode"] != record["best_episode"]
+            if was["best_episode"] != record["best_episode"]:
+                assert record["flops_ratio"] <= 0.7 and record["kept"] != json.loads(
+                    (src / "cells" / "flops-0.7" / method / f"seed{seed}.json").read_text())["kept"]
+    assert changed > 0  # this tiny bench's picks differ (its DDPG seeds export warm-up draws by reward)
+    assert {p: p.read_text() for p in baselines} == baselines and {p: p.read_text() for p in logs} == logs
+    assert after["budgets"]["0.7"]["uniform"]["map_full"] == before["budgets"]["0.7"]["uniform"]["map_full"]
+    for seed in (0, 1):  # the learned rule never exports a warm-up draw; failed seeds judge the export
+        record = json.loads((cells / "ddpg" / f"seed{seed}.json").read_text())
+        log = read_episodes(cells / "ddpg" / f"seed{seed}" / "search" / "episodes.jsonl")
+        assert log[record["best_episode"] - 1]["phase"] != "warmup"
+        assert (seed in after["ddpg_failed_seeds"]["0.7"]) == search_failed(log, exported=record["best_episode"])
+    again = compare_bench(cfg, tmp_path / "unused")  # read back as this run's own cells: nothing re-exported twice
+    assert again["budgets"] == after["budgets"]
+
+
 def test_finetune_column_when_enabled(tmp_path):
     results = compare_bench(tiny_cfg("bench.methods=[uniform]", "bench.seeds=1", finetune=1), tmp_path)
     agg = results["budgets"]["0.7"]["uniform"]
@@ -520,10 +560,13 @@ def test_paired_differences_bootstrap_interval_and_sign_test():
 def test_a_search_fails_when_its_best_is_a_warmup_draw_or_it_never_improves():
 
     def log(rewards, warmup=3):
-        return [{"reward": r, "phase": "warmup" if i < warmup else "explore"} for i, r in enumerate(rewards)]
+        return [{"episode": i + 1, "reward": r, "phase": "warmup" if i < warmup else "explore"}
+                for i, r in enumerate(rewards)]
 
     assert search_failed(log([-0.5, -0.4, -0.5] + [-0.3] * 20)) is False  # learns: best after warm-up, last 15 better
     assert search_failed(log([-0.5, -0.1, -0.5] + [-0.3] * 20)) is True  # its best is a warm-up draw
+    assert search_failed(log([-0.5, -0.1, -0.5] + [-0.3] * 20), exported=5) is False  # it exports a learned episode
+    assert search_failed(log([-0.5, -0.4, -0.5] + [-0.3] * 20), exported=2) is True  # it exports a warm-up draw
     assert search_failed(log([-0.5, -0.4, -0.5] + [-0.35] + [-0.6] * 20)) is True  # last 15 no better than warm-up
     assert search_failed([{"reward": -0.4, "phase": "random"}]) is None  # random search has no warm-up
 

@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ from amc.pruning.space import PruningSpace
 from amc.resume import differences, show
 from amc.reward.latency_table import LatencyTable
 from amc.reward.proxy import proxy_settings, recalibrate_batch_norm
+from amc.search.pick import pick
 from amc.search.resume import RESULT_NEUTRAL
 from amc.search.rundir import CONFIG_FILE, load_resume_config
 from amc.search.runner import SearchRunner
@@ -169,6 +171,12 @@ def _pop_dotted(tree: dict[str, Any], key: str) -> None:
         if not isinstance(tree, dict):
             return
     tree.pop(leaf, None)
+
+
+def _without_export_rule(settings: dict[str, Any]) -> dict[str, Any]:
+    """A cell's result settings but its search's ``export_rule`` (which episode it exports, not which it plays)."""
+    search = {k: v for k, v in settings.get("search", {}).items() if k != "export_rule"}
+    return {**settings, "search": search}
 
 
 def _changed_settings(recorded: Any, current: dict[str, Any], shown: int = 4) -> str:
@@ -422,10 +430,7 @@ class CompareBench:
         if files is not None and _files_digest(files) != self.protocol["search_digest"]:
             raise RuntimeError(f"internal error: {method} seed {seed} scored its policies on other images than the "
                                f"bench's protocol records")
-        record["flops_ratio"] = space.cost(selection.widths).macs / space.full_cost.macs
-        record["latency_ratio"] = (float(self.latency_table.estimate(selection.widths)
-                                         / self.latency_table.estimate(space.full_widths))
-                                   if self.latency_table is not None else None)
+        record.update(self._costs(space, selection))
         t0 = time.perf_counter()
         record["map_full"], record["map_finetuned"] = self._score(prune_model(setup.model, space, selection), seed)
         record["score_s"] = time.perf_counter() - t0
@@ -435,6 +440,12 @@ class CompareBench:
                       machine=_machine(self.device),
                       kept=[int(w) for w in selection.widths])
         return record
+
+    def _costs(self, space: PruningSpace, selection: ChannelSelection) -> dict[str, float | None]:
+        """The FLOPs and (with a latency table) latency a policy keeps, as shares of the unpruned model's."""
+        latency = (float(self.latency_table.estimate(selection.widths) / self.latency_table.estimate(space.full_widths))
+                   if self.latency_table is not None else None)
+        return {"flops_ratio": space.cost(selection.widths).macs / space.full_cost.macs, "latency_ratio": latency}
 
     def _search_cell(self, cfg: DictConfig, search_dir: Path):  # noqa: ANN202
         """Run (or resume, or read back) the cell's search; its best policy's channels, as the search exports them."""
@@ -510,6 +521,54 @@ class CompareBench:
                               f"with the same settings, or choose a new run directory")
         return record
 
+    def _episode_log(self, budget: CompareBudget, method: str, seed: int) -> Path:
+        """A search cell's episode log (:func:`~amc.bench.compare_stats.read_episodes` reads it, gzipped or not)."""
+        return self.cell_path(budget, method, seed).with_suffix("") / "search" / "episodes.jsonl"
+
+    def _reexport(self, budget: CompareBudget, method: str, seed: int) -> None:
+        """A finished search cell whose settings differ from this run's in ``export_rule`` alone: its search played
+        the same episodes this run's would, so the cell is exported again from its episode log by this run's rule
+        (the picked policy judged here, on this machine, when it is another episode than the cell's), the former
+        export kept in the record under ``re_exported``. Any other cell is left for :meth:`finished_record`."""
+        path = self.cell_path(budget, method, seed)
+        if method not in SEARCH_METHODS or not path.is_file():
+            return
+        record = json.loads(path.read_text())
+        cfg = self.cfgs[(budget.key, method, seed)]
+        current = self._result_settings(cfg, method)
+        if record.get("fingerprint") == _fingerprint(current) or not isinstance(record.get("settings"), dict) \
+                or _fingerprint(_without_export_rule(record["settings"])) != _fingerprint(_without_export_rule(current)):
+            return
+        episodes = read_episodes(self._episode_log(budget, method, seed))
+        if not episodes:
+            raise ConfigError(f"{path} exported with another export_rule and keeps no episode log to pick from again: "
+                              f"resume with its export_rule, or choose a new run directory")
+        rule = SearchSettings.from_config(cfg).export_rule
+        chosen = pick(episodes, rule)
+        before = {k: record.get(k) for k in ("best_episode", "map_proxy", "map_full", "map_finetuned", "ratios",
+                                             "machine", "settings")}
+        if chosen["episode"] != record.get("best_episode"):
+            with tempfile.TemporaryDirectory() as work:
+                setup = SearchSetup(cfg, Path(work))
+                setup.build_env()
+                try:
+                    ratios = np.asarray(chosen["ratios"], dtype=np.float64)
+                    selection = setup.criterion.select(setup.space.kept_channels(ratios))
+                    record.update(self._costs(setup.space, selection))
+                    t0 = time.perf_counter()
+                    record["map_full"], record["map_finetuned"] = self.judge(setup, selection, seed)
+                    record["score_s"] = time.perf_counter() - t0
+                finally:
+                    _close_evaluator(setup)
+            record.update(best_episode=chosen["episode"], map_proxy=chosen["map50_95"],
+                          ratios=[float(r) for r in ratios], kept=[int(w) for w in selection.widths],
+                          machine=_machine(self.device))
+        record.update(fingerprint=_fingerprint(current), settings=current,
+                      re_exported={"export_rule": rule, "before": before})
+        atomic_write_json(path, record)
+        console.print(f"{path}: re-exported by export_rule={rule}: episode {record['best_episode']} "
+                      f"(was {before['best_episode']})")
+
     def cell_model(self, budget: CompareBudget, method: str, seed: int, work_dir: Path):  # noqa: ANN201
         """A finished cell's pruned model, rebuilt with the channels it was scored with, its base model's source and
         the cell's record.
@@ -570,6 +629,7 @@ class CompareBench:
         todo = [(b, m, s) for b in self.budgets for m in self.methods for s in self.seeds]
         done: dict[tuple[str, str, int], dict[str, Any]] = {}
         for budget, method, seed in todo:
+            self._reexport(budget, method, seed)
             record = self.finished_record(budget, method, seed)
             if record is not None:
                 done[(budget.key, method, seed)] = record
@@ -609,9 +669,9 @@ class CompareBench:
         for budget in self.budgets:
             if budget.key not in cells:
                 continue
-            logs = {r["seed"]: self.cell_path(budget, "ddpg", r["seed"]).with_suffix("") / "search" / "episodes.jsonl"
-                    for r in cells[budget.key].get("ddpg", [])}
-            failed[budget.key] = [seed for seed, log in logs.items() if search_failed(read_episodes(log))]
+            failed[budget.key] = [r["seed"] for r in cells[budget.key].get("ddpg", [])
+                                  if search_failed(read_episodes(self._episode_log(budget, "ddpg", r["seed"])),
+                                                   exported=r.get("best_episode"))]
         results = {"budgets": summary, "wins": wins(summary, self.margin),
                    "paired": {"map_finetuned": paired(cells, "map_finetuned"), "map_full": paired(cells, "map_full")},
                    "ddpg_failed_seeds": failed, "cell_machines": cell_machines(cells),

@@ -180,17 +180,19 @@ def _sign_test(wins: int, losses: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
-def search_failed(episodes: Sequence[dict[str, Any]], window: int = 15) -> bool | None:
-    """Whether a learning search failed (issue 20): its best episode is a warm-up draw, or the mean reward of its
-    last ``window`` episodes is no better than its warm-up's. ``None`` for a search without a warm-up phase (random
-    search) or without episodes."""
+def search_failed(episodes: Sequence[dict[str, Any]], window: int = 15, exported: int | None = None) -> bool | None:
+    """Whether a learning search failed (issue 20): its exported episode (number ``exported``; ``None``: the best
+    reward, what a search exports by default) is a warm-up draw, or the mean reward of its last ``window`` episodes
+    is no better than its warm-up's. ``None`` for a search without a warm-up phase (random search) or without
+    episodes."""
     warm = [e["reward"] for e in episodes if e.get("phase") == "warmup" and not e.get("penalized")]
     if not warm or not episodes:
         return None
     rewards = [e["reward"] if not e.get("penalized") else -math.inf for e in episodes]
-    best = int(np.argmax(rewards))
-    return bool(episodes[best].get("phase") == "warmup"
-                or statistics.fmean(rewards[-window:]) <= statistics.fmean(warm))
+    chosen = next((e for e in episodes if e.get("episode") == exported), None) if exported is not None else None
+    if chosen is None:
+        chosen = episodes[int(np.argmax(rewards))]
+    return bool(chosen.get("phase") == "warmup" or statistics.fmean(rewards[-window:]) <= statistics.fmean(warm))
 
 
 def read_episodes(path: Path) -> list[dict[str, Any]]:
