@@ -192,6 +192,8 @@ def test_the_export_rule_picks_from_the_whole_log_and_survives_a_kill(tmp_path: 
         log = episodes(run_dir)
         chosen = pick(log, "map_top10_learned")
         assert chosen["phase"] != "warmup"
+        scored = [e["reward"] if not e["penalized"] else float("-inf") for e in log]
+        assert [e["best_reward"] for e in log] == list(np.maximum.accumulate(scored))  # the curve: the best so far
         results = json.loads((run_dir / "results.json").read_text())
         best = Policy.load(run_dir / "best_policy.yaml")
         assert results["best_episode"] == best.metrics["episode"] == chosen["episode"], name

@@ -9,7 +9,6 @@ no file written before the kill is lost (each is replaced only by a complete new
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -176,7 +175,9 @@ class SearchRunner(SearchSetup):
             chosen = pick(st.candidates, self.settings.export_rule)
             if chosen["episode"] != st.best_episode or chosen["reward"] != st.best_reward:
                 self._export(chosen)
-        record["best_reward"] = st.best_reward if math.isfinite(st.best_reward) else None
+        # the best reward so far whatever the export rule (the curve of TensorBoard's search/best_reward): the kept
+        # candidates hold the best rewards
+        record["best_reward"] = max((float(c["reward"]) for c in st.candidates), default=None)
         self.log.episode(record, dict(report.metrics))
         st.episodes_done = int(report.episode) + 1
         st.search_s = time.perf_counter() - self._started
