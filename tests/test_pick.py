@@ -7,6 +7,7 @@ import pytest
 
 from amc.errors import ConfigError
 from amc.search.pick import EXPORT_RULES, TOP_K, candidates, pick
+from amc.search.rundir import SearchState
 
 
 def episode(n: int, reward: float, map50_95: float | None, phase: str = "explore", penalized: bool = False) -> dict:
@@ -54,3 +55,16 @@ def test_unknown_rule_and_no_scored_episode_are_one_line_errors() -> None:
         pick([episode(1, 0.0, 0.0)], "best")
     with pytest.raises(ConfigError, match="no episode of this search scored"):
         pick([episode(1, 0.0, 0.0, penalized=True)], "reward")
+
+
+def test_a_checkpoint_from_before_the_export_rules_keeps_its_best_as_the_one_candidate() -> None:
+    old = {"episodes_done": 9, "best_reward": -0.2, "best_episode": 4, "best_ratios": [0.1, 0.2],
+           "best_metrics": {"map50_95": 0.3, "flops_ratio": 0.5, "params_ratio": 0.6, "latency_ratio": None},
+           "penalized": 0, "search_s": 1.0, "first_episode": 1}
+    state = SearchState.from_dict(old)
+    assert state.candidates == [{"episode": 4, "reward": -0.2, "map50_95": 0.3, "phase": "", "ratios": [0.1, 0.2],
+                                 "flops_ratio": 0.5, "params_ratio": 0.6, "latency_ratio": None}]
+    # a later, worse episode does not replace it under the rule those runs exported by
+    kept = candidates([*state.candidates, episode(10, -0.5, 0.9)])
+    assert pick(kept, "reward")["episode"] == 4
+    assert SearchState.from_dict({**old, "best_ratios": None, "best_reward": None}).candidates == []
