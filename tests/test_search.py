@@ -197,6 +197,7 @@ def test_the_export_rule_picks_from_the_whole_log_and_survives_a_kill(tmp_path: 
         results = json.loads((run_dir / "results.json").read_text())
         best = Policy.load(run_dir / "best_policy.yaml")
         assert results["best_episode"] == best.metrics["episode"] == chosen["episode"], name
+        assert results["export_rule"] == "map_top10_learned"
         assert best.metrics["export_rule"] == "map_top10_learned" and best.metrics["phase"] == chosen["phase"]
         assert results["best_map_proxy"] == best.metrics["map50_95_proxy"] == chosen["map50_95"]
         space = demo_space(run_dir)

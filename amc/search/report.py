@@ -85,7 +85,7 @@ def final_report(setup: SearchSetup, state: SearchState, log: SearchLog, setup_s
             row["speedup"] = speedup(measured["original"], measured[name], max_spread)
     results = {
         "best_reward": st.best_reward, "best_map_proxy": st.best_metrics.get("map50_95"),
-        "best_episode": st.best_episode, "uniform_map_proxy": uniform_outcome.map50_95,
+        "best_episode": st.best_episode, "export_rule": s.export_rule, "uniform_map_proxy": uniform_outcome.map50_95,
         "uniform_reward": uniform_reward.value, "unpruned_map_proxy": unpruned_map,
         "flops_ratio": best_fig.flops / best_fig.full_flops, "params_ratio": best_fig.params / best_fig.full_params,
         "latency_ratio_estimated": (best_fig.latency_ms / best_fig.full_latency_ms
@@ -130,7 +130,8 @@ def final_report(setup: SearchSetup, state: SearchState, log: SearchLog, setup_s
              f"{uniform_reward.value:.4f}, same evaluator): the search found nothing better than uniform "
              f"pruning; play more episodes, or fine-tune the uniform policy instead (metrics.json: "
              f"worse_than_uniform)")
-    console.print(f"best policy (episode {st.best_episode}): {setup.run_dir / BEST_POLICY_FILE}; "
+    rule = "" if s.export_rule == "reward" else f", export_rule={s.export_rule}"
+    console.print(f"best policy (episode {st.best_episode}{rule}): {setup.run_dir / BEST_POLICY_FILE}; "
                   f"results.json{', pruned model in model/' if s.export_model else ''} in {setup.run_dir}")
     return results
 
