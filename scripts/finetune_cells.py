@@ -9,7 +9,8 @@ after the other; the fine-tune's seed is the cell's seed) and says whether the o
 
 Usage:
     python scripts/finetune_cells.py RUN_DIR OUT_DIR [--budget 0.5] [--seeds 0 1 2 3]
-                                     [--methods ddpg random uniform global_magnitude] [-- FINETUNE_OVERRIDE ...]
+                                     [--methods ddpg random uniform global_magnitude] [--bench-override O]
+                                     [-- FINETUNE_OVERRIDE ...]
 
     RUN_DIR   a bench=compare run directory (or docs/results/compare-heldout: its cells/ is all it reads)
     OUT_DIR   models/<method>-seed<k>/ (the rebuilt pruned models), finetune/<method>-seed<k>/ (each amc-finetune
@@ -139,12 +140,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--python", default=sys.executable, help="the interpreter amc is installed in")
+    ap.add_argument("--bench-override", action="append", default=[],
+                    help="an amc-bench override the run was made with beyond the defaults (repeatable), e.g. "
+                         "\"bench.search.overrides=['export_rule=map_top10_learned']\" for re-exported cells")
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)  # amc-finetune overrides follow a "--"
     a = ap.parse_args(argv[:cut])
     a.overrides = argv[cut + 1:]
     run_dir, out = a.run_dir.resolve(), a.out_dir.resolve()
-    bench = CompareBench.of_run(run_dir, a.budget, a.seeds, a.methods)
+    bench = CompareBench.of_run(run_dir, a.budget, a.seeds, a.methods, a.bench_override)
     budget = bench.budget(a.budget)
     ready = [s for s in a.seeds if all(bench.cell_path(budget, m, s).is_file() for m in a.methods)]
     if not ready:

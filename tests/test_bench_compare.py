@@ -884,3 +884,17 @@ def test_a_finished_cells_model_is_rebuilt_with_the_channels_it_was_scored_with(
     assert shipped.methods == ["ddpg", "uniform"] and shipped.out == out
     with pytest.raises(ConfigError, match="other settings"):
         shipped.finished_record(shipped.budget("0.7"), "uniform", 1)
+
+
+def test_of_run_composes_the_defaults_with_the_runs_own_overrides(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_compose(name, overrides, what):
+        seen["overrides"] = list(overrides)
+        return "cfg"
+
+    monkeypatch.setattr(compare, "compose_config", fake_compose)
+    monkeypatch.setattr(CompareBench, "__init__", lambda self, cfg, out: seen.update(cfg=cfg, out=out))
+    CompareBench.of_run(tmp_path, "0.3", [8, 9], ["ddpg"], ["bench.search.overrides=['export_rule=map']"])
+    assert seen["overrides"] == ["bench=compare", f"bench.resume={tmp_path}", "bench.budgets=[0.3]", "bench.seeds=10",
+                                 "seed=0", "bench.methods=[ddpg]", "bench.search.overrides=['export_rule=map']"]

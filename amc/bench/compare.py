@@ -234,11 +234,13 @@ class CompareBench:
         self._check()
 
     @classmethod
-    def of_run(cls, run_dir: Path, budget: str, seeds: Sequence[int], methods: Sequence[str]) -> CompareBench:
-        """The bench=compare of a finished (or running) run directory with the shipped defaults, restricted to these
-        cells: what the scripts that revisit its cells (fine-tune them, re-score them) read them through."""
+    def of_run(cls, run_dir: Path, budget: str, seeds: Sequence[int], methods: Sequence[str],
+               overrides: Sequence[str] = ()) -> CompareBench:
+        """The bench=compare of a finished (or running) run directory with the shipped defaults (and ``overrides``:
+        amc-bench overrides the run was made with), restricted to these cells: what the scripts that revisit its
+        cells (fine-tune them, re-score them) read them through."""
         overrides = ["bench=compare", f"bench.resume={run_dir}", f"bench.budgets=[{budget}]",
-                     f"bench.seeds={max(seeds) + 1}", "seed=0", f"bench.methods=[{','.join(methods)}]"]
+                     f"bench.seeds={max(seeds) + 1}", "seed=0", f"bench.methods=[{','.join(methods)}]", *overrides]
         cfg = compose_config("bench", overrides, f"bench=compare does not compose with {overrides}")
         return cls(cfg, Path(run_dir))
 
