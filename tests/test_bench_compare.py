@@ -898,3 +898,31 @@ def test_of_run_composes_the_defaults_with_the_runs_own_overrides(monkeypatch, t
     CompareBench.of_run(tmp_path, "0.3", [8, 9], ["ddpg"], ["bench.search.overrides=['export_rule=map']"])
     assert seen["overrides"] == ["bench=compare", f"bench.resume={tmp_path}", "bench.budgets=[0.3]", "bench.seeds=10",
                                  "seed=0", "bench.methods=[ddpg]", "bench.search.overrides=['export_rule=map']"]
+
+
+def test_shipped_fresh_seed_cells_are_the_defaults_and_their_re_export(tmp_path: Path) -> None:
+    """docs/results/compare-fresh: seeds 8-11 at 30% with the shipped defaults (fingerprints as this checkout
+    computes them); docs/results/compare-fresh-rule: the same searches exported again by map_top10_learned (same
+    episode logs, each pick the rule's, the former export the fresh cell's), the baselines unchanged."""
+    results = Path(__file__).parents[1] / "docs" / "results"
+    override = "bench.search.overrides=['export_rule=map_top10_learned']"
+    benches = {name: CompareBench.of_run(results / name, "0.3", [8, 9, 10, 11], METHODS, extra)
+               for name, extra in (("compare-fresh", []), ("compare-fresh-rule", [override]))}
+    for (budget, method, seed), cell_cfg in benches["compare-fresh"].cfgs.items():
+        if seed < 8:
+            continue
+        cells = {name: results / name / "cells" / f"flops-{budget}" / method for name in benches}
+        records = {name: json.loads((cells[name] / f"seed{seed}.json").read_text()) for name in benches}
+        for name, bench in benches.items():
+            assert records[name]["fingerprint"] == bench._cell_fingerprint(bench.cfgs[(budget, method, seed)],
+                                                                           method), (name, method, seed)
+        if method not in ("ddpg", "random"):
+            assert records["compare-fresh-rule"] == records["compare-fresh"]
+            continue
+        logs = {name: read_episodes(cells[name] / f"seed{seed}" / "search" / "episodes.jsonl") for name in benches}
+        assert logs["compare-fresh"] == logs["compare-fresh-rule"]
+        rule, before = records["compare-fresh-rule"], records["compare-fresh-rule"]["re_exported"]["before"]
+        assert rule["best_episode"] == pick(logs["compare-fresh"], "map_top10_learned")["episode"]
+        assert before["best_episode"] == records["compare-fresh"]["best_episode"] == pick(
+            logs["compare-fresh"], "reward")["episode"]
+        assert before["map_finetuned"] == records["compare-fresh"]["map_finetuned"]
