@@ -710,7 +710,9 @@ def test_finetune_cells_report_pairs_methods_seed_by_seed_under_both_finetunes()
 
 @pytest.mark.parametrize("folder, bench", [("finetune-cells-0.5", "compare-heldout"),
                                             ("finetune-cells-0.3", "compare-heldout"),
-                                            ("finetune-cells-0.5-no-imitation", "compare-heldout-no-imitation")])
+                                            ("finetune-cells-0.5-no-imitation", "compare-heldout-no-imitation"),
+                                            ("finetune-fresh-0.3", "compare-fresh"),
+                                            ("finetune-fresh-rule-0.3", "compare-fresh-rule")])
 def test_shipped_finetune_cells_are_the_runs_and_cells_they_name(folder: str, bench: str) -> None:
     """Each shipped real-fine-tune result (issue 20, item 5) is its runs: every cell's default fine-tune mAP is the
     best_map50_95 of the amc-finetune metrics.json shipped beside it, its 1-epoch mAP the bench cell's, and the
