@@ -130,7 +130,7 @@ def main() -> None:
                     record = bench.finished_record(budget, method, seed)
                     if record is None:
                         raise ConfigError(f"the cell {a.budget}/{method}/seed {seed} has not finished in {a.run_dir}")
-                    log = bench.cell_path(budget, method, seed).with_suffix("") / "search" / "episodes.jsonl"
+                    log = bench.episode_log(budget, method, seed)
                     episodes = read_episodes(log)  # the shipped cells keep it gzipped
                     if not episodes:
                         raise ConfigError(f"{log}(.gz): no episode log in this search cell")

@@ -523,7 +523,7 @@ class CompareBench:
                               f"with the same settings, or choose a new run directory")
         return record
 
-    def _episode_log(self, budget: CompareBudget, method: str, seed: int) -> Path:
+    def episode_log(self, budget: CompareBudget, method: str, seed: int) -> Path:
         """A search cell's episode log (:func:`~amc.bench.compare_stats.read_episodes` reads it, gzipped or not)."""
         return self.cell_path(budget, method, seed).with_suffix("") / "search" / "episodes.jsonl"
 
@@ -541,7 +541,7 @@ class CompareBench:
         if record.get("fingerprint") == _fingerprint(current) or not isinstance(record.get("settings"), dict) \
                 or _fingerprint(_without_export_rule(record["settings"])) != _fingerprint(_without_export_rule(current)):
             return
-        episodes = read_episodes(self._episode_log(budget, method, seed))
+        episodes = read_episodes(self.episode_log(budget, method, seed))
         if not episodes:
             raise ConfigError(f"{path} exported with another export_rule and keeps no episode log to pick from again: "
                               f"resume with its export_rule, or choose a new run directory")
@@ -672,7 +672,7 @@ class CompareBench:
             if budget.key not in cells:
                 continue
             failed[budget.key] = [r["seed"] for r in cells[budget.key].get("ddpg", [])
-                                  if search_failed(read_episodes(self._episode_log(budget, "ddpg", r["seed"])),
+                                  if search_failed(read_episodes(self.episode_log(budget, "ddpg", r["seed"])),
                                                    exported=r.get("best_episode"))]
         results = {"budgets": summary, "wins": wins(summary, self.margin),
                    "paired": {"map_finetuned": paired(cells, "map_finetuned"), "map_full": paired(cells, "map_full")},
