@@ -335,7 +335,9 @@ def run_finetune(cfg: DictConfig, out: Path, overrides: Sequence[str] = ()) -> d
         processes = join(check_processes(cfg, s.batch_size, where))
         try:
             out = shared_run_dir(out, processes.where, lambda folder: _check_run_dir(folder, resuming))
-            return finetune(cfg, s, out, record, started, overrides, processes)
+            result = finetune(cfg, s, out, record, started, overrides, processes)
+            stop(wait=True)  # every process leaves together: see stop()
+            return result
         finally:
             stop()
 
