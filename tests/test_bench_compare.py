@@ -928,3 +928,34 @@ def test_shipped_fresh_seed_cells_are_the_defaults_and_their_re_export(tmp_path:
         assert before["best_episode"] == records["compare-fresh"]["best_episode"] == pick(
             logs["compare-fresh"], "reward")["episode"]
         assert before["map_finetuned"] == records["compare-fresh"]["map_finetuned"]
+
+
+def test_pool_seeds_pairs_methods_over_the_seeds_of_several_results_files(tmp_path: Path) -> None:
+    """scripts/pool_seeds.py: the seeds of a bench, a finetune_cells.py and an export_rule.py results file pooled
+    under one judge, the first file giving a (method, seed) winning, and the bench's paired statistics over all."""
+    script = _script("pool_seeds")
+    bench = {"budgets": {"0.3": {"ddpg": {"per_seed": [{"seed": 0, "map_finetuned": 0.09},
+                                                       {"seed": 8, "map_finetuned": 0.07}]},
+                                 "random": {"per_seed": [{"seed": 0, "map_finetuned": 0.01},
+                                                         {"seed": 8, "map_finetuned": 0.08}]}}}}
+    rejudged = {"budget": 0.3, "report": {}, "cells": {
+        "ddpg": {"0": {"reward": {"map_finetuned": 0.10}, "map_top10": {"map_finetuned": 0.2}}},
+        "random": {"0": {"reward": {"map_finetuned": 0.06}, "map_top10": {"map_finetuned": 0.0}}}}}
+    tuned = {"budget": "0.3", "order": {}, "cells": {"ddpg": {"1": {"best": 0.35}}, "random": {"1": {"best": 0.30}}}}
+    files = []
+    for name, data in (("rejudged", rejudged), ("bench", bench), ("tuned", tuned)):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(data))
+    records, pairs = script.pool(files, "0.3")
+    assert [(r["seed"], r["map"]) for r in records["ddpg"]] == [(0, 0.10), (1, 0.35), (8, 0.07)]  # re-judged first
+    assert records["ddpg"][0]["file"] == str(files[0])
+    assert pairs["random"]["diffs"] == pytest.approx([0.04, 0.05, -0.01]) and pairs["random"]["wins"] == 2
+    assert script.pool(files[:1], "0.3", "map_top10")[1]["random"]["diffs"] == pytest.approx([0.2])
+    with pytest.raises(ConfigError, match="no DDPG cell at budget 0.5"):
+        script.pool(files, "0.5")
+    (tmp_path / "other.json").write_text(json.dumps({"budget": "0.3"}))
+    with pytest.raises(ConfigError, match="other.json: not a bench=compare"):
+        script.pool([tmp_path / "other.json"], "0.3")
+    out = tmp_path / "pooled.json"
+    script.main([str(out), "--budget", "0.3", "--judge", "1-epoch", str(files[0]), str(files[1])])
+    assert json.loads(out.read_text())["judges"]["1-epoch"]["paired"]["random"]["wins"] == 1
