@@ -205,6 +205,44 @@ def test_finetune_column_when_enabled(tmp_path):
     assert results["wins"]["0.7"]["finetuned"]["all"] is None  # no ddpg to judge
 
 
+def test_a_resumed_bench_asking_more_judge_seeds_judges_its_finished_cells_again(tmp_path, monkeypatch):
+    """bench.finetune.judge_seeds: a finished cell judged once gets the missing fine-tunes (seeds seed + 1000 r) when
+    a resumed bench asks for more, no search replayed, every judgement kept; map_finetuned is the mean of the first
+    judge_seeds (back to the cell's own with 1); a fresh bench judging twice from the start scores the same."""
+    first = compare_bench(tiny_cfg("bench.methods=[random,uniform]", "bench.seeds=1", finetune=1), tmp_path / "run")
+    cell = tmp_path / "run" / "cells" / "flops-0.7" / "random" / "seed0.json"
+    record = json.loads(cell.read_text())
+    assert [j["seed"] for j in record["judges"]] == [0] and record["judges"][0]["map"] == record["map_finetuned"]
+    del record["judges"]  # a cell from before judge_seeds: its one judgement is its map_finetuned
+    cell.write_text(json.dumps(record))
+    monkeypatch.setattr(CompareBench, "_run_cell", lambda *a: pytest.fail("a cell was run again"))
+    twice = tiny_cfg("bench.methods=[random,uniform]", "bench.seeds=1", "bench.finetune.judge_seeds=2",
+                     f"bench.resume={tmp_path / 'run'}", finetune=1)
+    with pytest.raises(ConfigError, match="no seed has all"):  # report_only judges nothing: no cell has 2 yet
+        compare_bench(tiny_cfg("bench.methods=[random,uniform]", "bench.seeds=1", "bench.finetune.judge_seeds=2",
+                               f"bench.resume={tmp_path / 'run'}", "bench.report_only=true", finetune=1),
+                      tmp_path / "unused")
+    second = compare_bench(twice, tmp_path / "unused")
+    for method in ("random", "uniform"):
+        judged = json.loads((cell.parent.parent / method / "seed0.json").read_text())
+        maps = [j["map"] for j in judged["judges"]]
+        assert [j["seed"] for j in judged["judges"]] == [0, 1000] and maps[0] == \
+            first["budgets"]["0.7"][method]["map_finetuned"]
+        assert judged["map_finetuned"] == pytest.approx(np.mean(maps)) == \
+            second["budgets"]["0.7"][method]["map_finetuned"]
+    assert second["settings"]["finetune"]["judge_seeds"] == 2
+    back = compare_bench(tiny_cfg("bench.methods=[random,uniform]", "bench.seeds=1", f"bench.resume={tmp_path / 'run'}",
+                                  finetune=1), tmp_path / "unused")  # resumed asking one judge: the cells' own
+    for method in ("random", "uniform"):
+        assert back["budgets"]["0.7"][method]["map_finetuned"] == first["budgets"]["0.7"][method]["map_finetuned"]
+    monkeypatch.undo()
+    fresh = compare_bench(tiny_cfg("bench.methods=[random,uniform]", "bench.seeds=1", "bench.finetune.judge_seeds=2",
+                                   finetune=1), tmp_path / "fresh")
+    for method in ("random", "uniform"):
+        assert fresh["budgets"]["0.7"][method]["map_finetuned"] == pytest.approx(
+            second["budgets"]["0.7"][method]["map_finetuned"], abs=1e-6)
+
+
 def test_a_bench_split_by_seed_scores_like_one_bench(tmp_path):
     """Seeds spread over processes (seed=k bench.seeds=1) fine-tune on the same images as one bench of all seeds."""
     both = compare_bench(tiny_cfg("bench.methods=[uniform]", finetune=1), tmp_path / "both")
@@ -959,3 +997,17 @@ def test_pool_seeds_pairs_methods_over_the_seeds_of_several_results_files(tmp_pa
     out = tmp_path / "pooled.json"
     script.main([str(out), "--budget", "0.3", "--judge", "1-epoch", str(files[0]), str(files[1])])
     assert json.loads(out.read_text())["judges"]["1-epoch"]["paired"]["random"]["wins"] == 1
+
+
+def test_judge_noise_report_gives_the_judges_spread_and_pairs_on_the_cell_and_on_the_mean() -> None:
+    """scripts/judge_noise.py's report: the pooled sd of one policy's 1-epoch mAP over fine-tune seeds, and DDPG
+    against each method paired by seed on the cell's own judgement (repeat 0) and on the mean over the repeats."""
+    script = _script("judge_noise")
+    cells = {"ddpg": {"8": {"0": 0.06, "1": 0.08, "2": 0.10}, "9": {"0": 0.05, "1": 0.05, "2": 0.05}},
+             "random": {"8": {"0": 0.07, "1": 0.07, "2": 0.07}, "9": {"0": 0.06, "1": 0.03, "2": 0.03}}}
+    rep = script.report(cells, "0.3")
+    spreads = [0.02, 0.0, 0.0, statistics.stdev([0.06, 0.03, 0.03])]
+    assert rep["policies"] == 4 and rep["judge_sd"] == pytest.approx(np.sqrt(np.mean(np.square(spreads))))
+    assert rep["paired"]["cell"]["random"]["diffs"] == pytest.approx([-0.01, -0.01])
+    assert rep["paired"]["mean"]["random"]["diffs"] == pytest.approx([0.01, 0.01])
+    assert rep["paired"]["mean"]["random"]["wins"] == 2 and rep["summary"]["mean"]["ddpg"][0] == pytest.approx(0.065)

@@ -77,6 +77,9 @@ SEARCH_ONLY_LATER = ("spend_budget", "agent.imitate_best", "export_rule")
 cell's fingerprint, whatever their default, so that a new default does not disown the baselines' cells. (The rest of
 a baseline's agent settings stay in its fingerprint, as they were when the first benches ran.)"""
 CELLS_DIR = "cells"
+JUDGE_SEED_STRIDE = 1000
+"""The fine-tune seed of a cell's judgement r is ``seed + JUDGE_SEED_STRIDE * r`` (r = 0: the cell's seed, as
+benches judged before ``bench.finetune.judge_seeds``); scripts/judge_noise.py uses the same seeds."""
 SUBSET_SEED = 0  # draws the val / train subsets of bench.full and bench.finetune (the same for every seed)
 
 
@@ -154,6 +157,21 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def cell_judges(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A finished cell's short fine-tunes (``seed``, ``map``, ``machine`` each, judgement 0 first); a cell from before
+    ``bench.finetune.judge_seeds`` holds one, its ``map_finetuned`` with the cell's seed; [] when none ran."""
+    if record.get("judges"):
+        return [dict(j) for j in record["judges"]]
+    if record.get("map_finetuned") is None:
+        return []
+    return [{"seed": record.get("seed"), "map": record["map_finetuned"], "machine": record.get("machine")}]
+
+
+def _judged_mean(judges: list[dict[str, Any]], count: int) -> float | None:
+    """The mean mAP of the first ``count`` judgements (None without any)."""
+    return float(np.mean([j["map"] for j in judges[:count]])) if judges else None
+
+
 def _get_dotted(tree: dict[str, Any], key: str) -> Any:
     """The value at ``a.b.c`` in nested dicts (None when a part is missing)."""
     for part in key.split("."):
@@ -221,6 +239,7 @@ class CompareBench:
         self.episodes = _number(b, "episodes", int, 1, prefix="bench.")
         self.margin = _number(b, "wins_margin", float, 0.0, prefix="bench.")
         self.finetune_epochs = _number(b.finetune, "epochs", int, 0, prefix="bench.finetune.")
+        self.judge_seeds = _number(b.finetune, "judge_seeds", int, 1, optional=True, prefix="bench.finetune.") or 1
         _number(b.full, "bn_batches", int, 0, prefix="bench.full.")
         _number(b.full, "val_images", int, 1, optional=True, prefix="bench.full.")
         _number(b.finetune, "train_images", int, 1, optional=True, prefix="bench.finetune.")
@@ -336,6 +355,11 @@ class CompareBench:
             self.train_set = TrainSet(train.subset(ft.get("train_images"), SUBSET_SEED), img_size=self.img_size,
                                       augment=bool(ft.augment), hyp=self.hyp, seed=SUBSET_SEED)
 
+    def _ensure_scoring(self) -> None:
+        """The scoring of :meth:`_prepare_scoring`, built on first use (a resumed bench may judge before its loop)."""
+        if not hasattr(self, "full_evaluator"):
+            self._prepare_scoring()
+
     def _protocol(self, cfg: DictConfig, report_set) -> dict[str, Any]:  # noqa: ANN001 (a DetectionDataset)
         """Which images the searches score policies on and which ones every result is reported on: held out.
 
@@ -363,18 +387,34 @@ class CompareBench:
                 "search_digest": _files_digest(search_files), "overlap_images": len(overlap),
                 "scored_by_proxy": proxy is not None}
 
-    def _score(self, pruned, seed: int) -> tuple[float, float | None]:  # noqa: ANN001
-        """Full-val mAP after adaptive BN, and after the short fine-tune (``None`` when it is skipped)."""
+    def _score(self, pruned, seed: int) -> tuple[float, float | None, list[dict[str, Any]]]:  # noqa: ANN001
+        """Full-val mAP after adaptive BN, the mean mAP after the short fine-tunes (``None`` when they are skipped)
+        and each fine-tune's judgement (:meth:`_judgements`)."""
+        pruned = self._recalibrated(pruned)
+        full = self.full_evaluator(pruned).map50_95
+        judges = self._judgements(pruned, seed, 0, self.judge_seeds)
+        return full, _judged_mean(judges, self.judge_seeds), judges
 
+    def _recalibrated(self, pruned):  # noqa: ANN001, ANN202
+        """A pruned model on the bench's device with its BatchNorm statistics re-estimated (adaptive BN)."""
         pruned = pruned.to(self.device)
         if self.bn_batches:
             recalibrate_batch_norm(pruned, self.bn_batches)
-        full = self.full_evaluator(pruned).map50_95
+        return pruned
+
+    def _judgements(self, pruned, seed: int, first: int, stop: int) -> list[dict[str, Any]]:  # noqa: ANN001
+        """The short fine-tunes r = first .. stop - 1 of a recalibrated pruned model of a cell of ``seed``: each its
+        fine-tune seed (``seed + JUDGE_SEED_STRIDE * r``), full-val mAP and machine; [] when fine-tunes are skipped."""
         if self.train_set is None:
-            return full, None
-        self.train_set.seed = seed  # the cell's augmentation stream: seed k fine-tunes alike for every method
-        tuned = finetune_pruned(pruned, self.train_set, self.hyp, self.b.finetune, seed, self.device)
-        return full, self.full_evaluator(tuned).map50_95
+            return []
+        out = []
+        for r in range(first, stop):
+            tune_seed = seed + JUDGE_SEED_STRIDE * r
+            self.train_set.seed = tune_seed  # the augmentation stream: seed k fine-tunes alike for every method
+            tuned = finetune_pruned(pruned, self.train_set, self.hyp, self.b.finetune, tune_seed, self.device)
+            out.append({"seed": tune_seed, "map": self.full_evaluator(tuned).map50_95,
+                        "machine": _machine(self.device)})
+        return out
 
     def _unpruned(self) -> dict[str, Any]:
         """Full-val mAP of the unpruned model (as amc-eval scores it), kept in the run dir for resumes."""
@@ -414,7 +454,9 @@ class CompareBench:
         if search.get("budget", {}).get("metric") != "latency":
             search.pop("device", None)
             search.pop("worker_devices", None)
-        return {"search": search, "full": plain(self.b.full), "finetune": plain(self.b.finetune)}
+        finetune = plain(self.b.finetune)
+        finetune.pop("judge_seeds", None)  # how many judgements are averaged: each cell keeps its own (_rejudge)
+        return {"search": search, "full": plain(self.b.full), "finetune": finetune}
 
     def _cell_fingerprint(self, cfg: DictConfig, method: str = "ddpg") -> str:
         return _fingerprint(self._result_settings(cfg, method))
@@ -434,8 +476,11 @@ class CompareBench:
                                f"bench's protocol records")
         record.update(self._costs(space, selection))
         t0 = time.perf_counter()
-        record["map_full"], record["map_finetuned"] = self._score(prune_model(setup.model, space, selection), seed)
+        record["map_full"], record["map_finetuned"], judges = self._score(prune_model(setup.model, space, selection),
+                                                                          seed)
         record["score_s"] = time.perf_counter() - t0
+        if judges:
+            record["judges"] = judges
         settings = self._result_settings(cfg, method)
         record.update(budget=budget.key, method=method, seed=seed, fingerprint=_fingerprint(settings),
                       settings=settings,
@@ -521,7 +566,40 @@ class CompareBench:
             changed = _changed_settings(record.get("settings"), self._result_settings(cfg, method))
             raise ConfigError(f"{path} was computed with other settings than this run's{changed}: resume "
                               f"with the same settings, or choose a new run directory")
+        if self.finetune_epochs > 0:
+            judges = cell_judges(record)
+            if len(judges) < self.judge_seeds:
+                return None  # judged fewer times than this bench asks: run() judges it again first (_rejudge)
+            record["map_finetuned"] = _judged_mean(judges, self.judge_seeds)
         return record
+
+    def _rejudge(self, budget: CompareBudget, method: str, seed: int) -> None:
+        """A finished cell of this bench judged fewer times than ``bench.finetune.judge_seeds``: its policy, rebuilt
+        with the channels it was scored with (:meth:`cell_selection`, no search replayed), gets the missing short
+        fine-tunes here, on this machine. Every judgement stays in the record (``judges``, in seed order), its
+        ``map_finetuned`` the mean of the first ``judge_seeds``. Any other cell is left for :meth:`finished_record`."""
+        path = self.cell_path(budget, method, seed)
+        if self.finetune_epochs == 0 or not path.is_file():
+            return
+        record = json.loads(path.read_text())
+        cfg = self.cfgs[(budget.key, method, seed)]
+        judges = cell_judges(record)
+        if len(judges) >= self.judge_seeds or record.get("fingerprint") != self._cell_fingerprint(cfg, method):
+            return
+        self._ensure_scoring()
+        with tempfile.TemporaryDirectory() as work:
+            setup = SearchSetup(cfg, Path(work))
+            setup.build_env()
+            try:
+                selection = self.cell_selection(setup, budget, method, record)
+                pruned = self._recalibrated(prune_model(setup.model, setup.space, selection))
+                judges += self._judgements(pruned, seed, len(judges), self.judge_seeds)
+            finally:
+                _close_evaluator(setup)
+        record.update(judges=judges, map_finetuned=_judged_mean(judges, self.judge_seeds))
+        atomic_write_json(path, record)
+        console.print(f"{path}: judged by {len(judges)} fine-tune seeds, mean {record['map_finetuned']:.4f} "
+                      f"({', '.join(format(j['map'], '.4f') for j in judges)})")
 
     def episode_log(self, budget: CompareBudget, method: str, seed: int) -> Path:
         """A search cell's episode log (:func:`~amc.bench.compare_stats.read_episodes` reads it, gzipped or not)."""
@@ -547,8 +625,8 @@ class CompareBench:
                               f"resume with its export_rule, or choose a new run directory")
         rule = SearchSettings.from_config(cfg).export_rule
         chosen = pick(episodes, rule)
-        before = {k: record.get(k) for k in ("best_episode", "map_proxy", "map_full", "map_finetuned", "ratios",
-                                             "machine", "settings")}
+        before = {k: record.get(k) for k in ("best_episode", "map_proxy", "map_full", "map_finetuned", "judges",
+                                             "ratios", "machine", "settings")}
         if chosen["episode"] != record.get("best_episode"):
             with tempfile.TemporaryDirectory() as work:
                 setup = SearchSetup(cfg, Path(work))
@@ -558,8 +636,13 @@ class CompareBench:
                     selection = setup.criterion.select(setup.space.kept_channels(ratios))
                     record.update(self._costs(setup.space, selection))
                     t0 = time.perf_counter()
-                    record["map_full"], record["map_finetuned"] = self.judge(setup, selection, seed)
+                    self._ensure_scoring()
+                    record["map_full"], record["map_finetuned"], judges = self._score(
+                        prune_model(setup.model, setup.space, selection), seed)
                     record["score_s"] = time.perf_counter() - t0
+                    record.pop("judges", None)
+                    if judges:
+                        record["judges"] = judges
                 finally:
                     _close_evaluator(setup)
             record.update(best_episode=chosen["episode"], map_proxy=chosen["map50_95"],
@@ -611,9 +694,9 @@ class CompareBench:
     def judge(self, setup: SearchSetup, selection: ChannelSelection, seed: int) -> tuple[float, float | None]:
         """Any policy of ``setup``'s model scored as this bench scores a cell of ``seed``: full-val mAP after adaptive
         BN, and after the short fine-tune with that seed's augmentation stream (``None`` when it is skipped)."""
-        if not hasattr(self, "full_evaluator"):
-            self._prepare_scoring()
-        return self._score(prune_model(setup.model, setup.space, selection), seed)
+        self._ensure_scoring()
+        full, tuned, _ = self._score(prune_model(setup.model, setup.space, selection), seed)
+        return full, tuned
 
     @staticmethod
     def _proxy_map(setup, ratios: np.ndarray, selection) -> float:  # noqa: ANN001
@@ -632,6 +715,8 @@ class CompareBench:
         done: dict[tuple[str, str, int], dict[str, Any]] = {}
         for budget, method, seed in todo:
             self._reexport(budget, method, seed)
+            if not bool(self.b.get("report_only", False)):
+                self._rejudge(budget, method, seed)
             record = self.finished_record(budget, method, seed)
             if record is not None:
                 done[(budget.key, method, seed)] = record
