@@ -12,7 +12,7 @@
 #                                         (budget, seed), e.g. "ddpg random uniform,global_magnitude": the two
 #                                         searches side by side (a machine with more cores than (budget, seed)s)
 #   TABLE=1                               0: skip the closing table (the seeds before FIRST_SEED are not here)
-#   BENCH=compare                         the bench config: compare, or its preset compare-recovery (conf/bench/)
+#   BENCH=compare                         the bench config (conf/bench/)
 #   JOBS=0                                processes at once (0 = every process at once); seed-major order, so
 #                                         an interrupted run has whole seeds finished first
 #   TIMEOUT=0                             seconds each process may run (0 = no limit); finished cells are kept

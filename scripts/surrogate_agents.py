@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--noise", type=float, default=0.04, help="std of the Gaussian noise added to the loss")
     parser.add_argument("--ridge", type=float, default=0.1, help="ridge penalty of the fit")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDE[,OVERRIDE...]",
-                        help="a DDPG setting: overrides added to bench=compare-recovery's DDPG agent")
+                        help="a DDPG setting: overrides added to amc-search's default DDPG agent")
     parser.add_argument("--jobs", type=int, default=1, help="searches run at once, one process each")
     parser.add_argument("--variants-only", action="store_true",
                         help="run only the --variant settings (random and ddpg as they are: known from an earlier run)")
