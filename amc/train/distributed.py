@@ -138,7 +138,8 @@ def stop(wait: bool = False) -> None:
     ``wait``: first wait until every process gets here (a run that ended well). A process that tears its gloo
     group down and exits while rank 0 is still evaluating and saving can abort in gloo's threads ("terminate
     called without an active exception", SIGABRT: measured 2 of 12 resumed 2-process fine-tunes); after an error
-    no process waits, as the others may never arrive.
+    no process waits, as the others may never arrive (a process that ended well waits for one that failed after the
+    last collective at most the group's timeout, ``distributed.timeout_min``).
     """
     if dist.is_initialized():
         if wait:
