@@ -82,8 +82,7 @@ def main() -> None:
                     judged = {str(r): j["map"] for r, j in enumerate(cell_judges(record))}  # the cell's own
                     done = cells.setdefault(method, {}).setdefault(str(seed), {})
                     done.update({r: v for r, v in judged.items() if r not in done})
-                    ratios = np.asarray(record["ratios"], dtype=np.float64)
-                    selection = setup.criterion.select(setup.space.kept_channels(ratios))
+                    selection = bench.cell_selection(setup, budget, method, record)  # baselines recomputed
                     for r in a.repeats:
                         if str(r) in done:
                             continue

@@ -395,6 +395,17 @@ class CompareBench:
         judges = self._judgements(pruned, seed, 0, self.judge_seeds)
         return full, _judged_mean(judges, self.judge_seeds), judges
 
+    def _score_into(self, record: dict[str, Any], pruned, seed: int) -> None:  # noqa: ANN001
+        """:meth:`_score` a cell's pruned model into its ``record``: ``map_full``, ``map_finetuned``, ``judges`` (any
+        former judgements replaced) and ``score_s``."""
+        self._ensure_scoring()
+        t0 = time.perf_counter()
+        record["map_full"], record["map_finetuned"], judges = self._score(pruned, seed)
+        record["score_s"] = time.perf_counter() - t0
+        record.pop("judges", None)
+        if judges:
+            record["judges"] = judges
+
     def _recalibrated(self, pruned):  # noqa: ANN001, ANN202
         """A pruned model on the bench's device with its BatchNorm statistics re-estimated (adaptive BN)."""
         pruned = pruned.to(self.device)
@@ -475,12 +486,7 @@ class CompareBench:
             raise RuntimeError(f"internal error: {method} seed {seed} scored its policies on other images than the "
                                f"bench's protocol records")
         record.update(self._costs(space, selection))
-        t0 = time.perf_counter()
-        record["map_full"], record["map_finetuned"], judges = self._score(prune_model(setup.model, space, selection),
-                                                                          seed)
-        record["score_s"] = time.perf_counter() - t0
-        if judges:
-            record["judges"] = judges
+        self._score_into(record, prune_model(setup.model, space, selection), seed)
         settings = self._result_settings(cfg, method)
         record.update(budget=budget.key, method=method, seed=seed, fingerprint=_fingerprint(settings),
                       settings=settings,
@@ -588,14 +594,8 @@ class CompareBench:
             return
         self._ensure_scoring()
         with tempfile.TemporaryDirectory() as work:
-            setup = SearchSetup(cfg, Path(work))
-            setup.build_env()
-            try:
-                selection = self.cell_selection(setup, budget, method, record)
-                pruned = self._recalibrated(prune_model(setup.model, setup.space, selection))
-                judges += self._judgements(pruned, seed, len(judges), self.judge_seeds)
-            finally:
-                _close_evaluator(setup)
+            pruned = self._recalibrated(self._rebuilt(budget, method, record, Path(work))[0])
+        judges += self._judgements(pruned, seed, len(judges), self.judge_seeds)
         record.update(judges=judges, map_finetuned=_judged_mean(judges, self.judge_seeds))
         atomic_write_json(path, record)
         console.print(f"{path}: judged by {len(judges)} fine-tune seeds, mean {record['map_finetuned']:.4f} "
@@ -635,14 +635,7 @@ class CompareBench:
                     ratios = np.asarray(chosen["ratios"], dtype=np.float64)
                     selection = setup.criterion.select(setup.space.kept_channels(ratios))
                     record.update(self._costs(setup.space, selection))
-                    t0 = time.perf_counter()
-                    self._ensure_scoring()
-                    record["map_full"], record["map_finetuned"], judges = self._score(
-                        prune_model(setup.model, setup.space, selection), seed)
-                    record["score_s"] = time.perf_counter() - t0
-                    record.pop("judges", None)
-                    if judges:
-                        record["judges"] = judges
+                    self._score_into(record, prune_model(setup.model, setup.space, selection), seed)
                 finally:
                     _close_evaluator(setup)
             record.update(best_episode=chosen["episode"], map_proxy=chosen["map50_95"],
@@ -668,13 +661,19 @@ class CompareBench:
         path = self.cell_path(budget, method, seed)
         if record is None:
             raise ConfigError(f"{path}: this cell has not finished")
-        setup = SearchSetup(self.cfgs[(budget.key, method, seed)], work_dir)
+        pruned, source = self._rebuilt(budget, method, record, work_dir)
+        return pruned, source, record
+
+    def _rebuilt(self, budget: CompareBudget, method: str, record: dict[str, Any], work_dir: Path):  # noqa: ANN202
+        """The pruned model of the cell ``record`` (:meth:`cell_selection` on a setup built in ``work_dir``) and its
+        base model's source."""
+        setup = SearchSetup(self.cfgs[(budget.key, method, record["seed"])], work_dir)
         setup.build_env()
         try:
             selection = self.cell_selection(setup, budget, method, record)
         finally:
             _close_evaluator(setup)
-        return prune_model(setup.model, setup.space, selection), setup.source, record
+        return prune_model(setup.model, setup.space, selection), setup.source
 
     def cell_selection(self, setup: SearchSetup, budget: CompareBudget, method: str,
                        record: dict[str, Any]) -> ChannelSelection:
@@ -713,16 +712,17 @@ class CompareBench:
         self.out.mkdir(parents=True, exist_ok=True)
         todo = [(b, m, s) for b in self.budgets for m in self.methods for s in self.seeds]
         done: dict[tuple[str, str, int], dict[str, Any]] = {}
+        report_only = bool(self.b.get("report_only", False))
         for budget, method, seed in todo:
             self._reexport(budget, method, seed)
-            if not bool(self.b.get("report_only", False)):
+            if not report_only:  # it runs nothing, so it judges nothing again either
                 self._rejudge(budget, method, seed)
             record = self.finished_record(budget, method, seed)
             if record is not None:
                 done[(budget.key, method, seed)] = record
         console.print(f"bench=compare in {self.out}: {len(self.budgets)} budgets x {len(self.methods)} methods x "
                       f"{len(self.seeds)} seeds = {len(todo)} cells, {len(done)} already finished")
-        if bool(self.b.get("report_only", False)):
+        if report_only:
             return self._report_finished(done)
         self._prepare_scoring()
         unpruned = self._unpruned()
