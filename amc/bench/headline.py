@@ -38,6 +38,20 @@ def _wrap(paragraph: str) -> str:
     return textwrap.fill(paragraph, width=115, break_long_words=False, break_on_hyphens=False)
 
 
+def _judge(settings: dict[str, Any]) -> str:
+    """How a policy's fine-tuned mAP was judged, from the bench's fine-tune settings ('' when they are not recorded)."""
+    finetune = settings.get("finetune") or {}
+    epochs, images = finetune.get("epochs"), finetune.get("train_images")
+    if not epochs:
+        return ""
+    judges = finetune.get("judge_seeds") or 1
+    where = f" on {images} train images" if images else ""
+    if judges == 1:
+        return f" (after one {epochs}-epoch fine-tune{where})"
+    return (f" (the mean of {judges} fine-tunes of {epochs} epoch(s){where}, fine-tune seeds seed + 1000 r for r < "
+            f"{judges})")
+
+
 def _seed_counts(results: dict[str, Any]) -> dict[str, int]:
     """Seeds every method has at each budget (``bench.report_only`` reports only those)."""
     return {key: min(len(a["seeds"]) for a in methods.values()) for key, methods in results["budgets"].items()}
@@ -54,7 +68,7 @@ def headline_markdown(results: dict[str, Any], source: str) -> str:
     seeds = ", ".join(f"{n} of {asked} seeds at {_pct(k)}" for k, n in counts.items())
     lines.append(_wrap(
         f"The demo model, every method at the same FLOPs budget with the shipped defaults ({seeds}; "
-        f"{settings['episodes']} episodes per search). Fine-tuned mAP@0.5:0.95 on the "
+        f"{settings['episodes']} episodes per search). Fine-tuned mAP@0.5:0.95{_judge(settings)} on the "
         f"{_count(protocol.get('report_images', settings.get('full_images')))} images of the "
         f"`{protocol.get('report_split', 'val')}` split; the searches scored policies on "
         f"{_count(protocol.get('search_images'))} images of the `{protocol.get('search_split', '?')}` split "
