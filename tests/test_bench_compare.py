@@ -453,6 +453,13 @@ def test_headline_block_says_what_was_measured_and_replaces_only_itself(finished
     assert "2 of 2 seeds at 70%" in block and "0 images in common" in block
     assert "| 70% | DDPG (`amc-search episodes=4`) | - ± - |" in block  # the fine-tune was skipped: no number
     assert sum(line.startswith("| 70% |") for line in block.splitlines()) == 4
+    assert "Fine-tuned mAP@0.5:0.95 on the" in block  # no fine-tune ran: no judge named
+    judged = json.loads(json.dumps(results))
+    judged["settings"]["finetune"].update(epochs=1, train_images=1000, judge_seeds=1)
+    assert "(after one 1-epoch fine-tune on 1000 train images)" in headline_markdown(judged, "r.json")
+    judged["settings"]["finetune"]["judge_seeds"] = 4
+    assert "(the mean of 4 1-epoch fine-tunes on 1000 train images, fine-tune seeds seed + 1000 r for r < 4)" in \
+        " ".join(headline_markdown(judged, "r.json").split())
     readme = "# title\n\n<!-- headline:start -->\nold\n<!-- headline:end -->\n\nafter\n"
     updated = replace_block(readme, block)
     assert updated == "# title\n\n" + block + "\n\nafter\n" and replace_block(updated, block) == updated

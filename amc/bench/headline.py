@@ -48,7 +48,7 @@ def _judge(settings: dict[str, Any]) -> str:
     where = f" on {images} train images" if images else ""
     if judges == 1:
         return f" (after one {epochs}-epoch fine-tune{where})"
-    return (f" (the mean of {judges} fine-tunes of {epochs} epoch(s){where}, fine-tune seeds seed + 1000 r for r < "
+    return (f" (the mean of {judges} {epochs}-epoch fine-tunes{where}, fine-tune seeds seed + 1000 r for r < "
             f"{judges})")
 
 
