@@ -1059,3 +1059,19 @@ def test_shipped_judged_cells_are_the_shipped_cells_judged_by_four_finetune_seed
         assert bench.finished_record(bench.budget(key), method, seed)["map_finetuned"] == pytest.approx(mean)
         per_seed = next(r for r in table[method]["per_seed"] if r["seed"] == seed)
         assert per_seed["map_finetuned"] == pytest.approx(mean)
+
+
+@pytest.mark.parametrize("name", ["pool-seeds-0.3.json", "pool-seeds-0.5.json"])
+def test_shipped_pooled_seeds_are_what_the_script_makes_of_the_files_they_name(name: str) -> None:
+    """docs/results/pool-seeds-*.json (docs/results.md quotes them): every judge's pooled records and paired figures
+    are scripts/pool_seeds.py's report of the results files it names, as they are shipped today (a results file
+    changed without pooling again, e.g. the headline bench judged 4 times, is noticed)."""
+    root = Path(__file__).parents[1]
+    shipped = json.loads((root / "docs" / "results" / name).read_text())
+    script = _script("pool_seeds")
+    for judge, entry in shipped["judges"].items():
+        records, pairs = script.pool([root / f for f in entry["files"]], shipped["budget"], shipped["rule"])
+        for method, pooled in records.items():
+            assert [(r["seed"], r["map"]) for r in pooled] == \
+                [(r["seed"], r["map"]) for r in entry["records"][method]], (judge, method)
+        assert json.loads(json.dumps(pairs)) == entry["paired"], judge
