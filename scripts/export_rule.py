@@ -127,7 +127,7 @@ def main() -> None:
             for seed in a.seeds:
                 for method in methods:
                     done = cells.setdefault(method, {}).setdefault(str(seed), {})
-                    record = bench.finished_record(budget, method, seed)
+                    record = bench.finished_record(budget, method, seed, all_judged=False)
                     if record is None:
                         raise ConfigError(f"the cell {a.budget}/{method}/seed {seed} has not finished in {a.run_dir}")
                     log = bench.episode_log(budget, method, seed)

@@ -162,7 +162,7 @@ def main() -> None:
             name = f"{method}-seed{seed}"
             model_dir = out / "models" / name
             if model_dir.is_dir():  # rebuilt by an earlier run: only the record is needed
-                record = bench.finished_record(budget, method, seed)
+                record = bench.finished_record(budget, method, seed, all_judged=False)
             else:
                 with tempfile.TemporaryDirectory() as work:
                     model, source, record = bench.cell_model(budget, method, seed, Path(work))

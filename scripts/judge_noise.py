@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from amc.atomic import atomic_write_json
-from amc.bench.compare import JUDGE_SEED_STRIDE, CompareBench, cell_judges
-from amc.bench.compare_stats import mean_std, paired
+from amc.bench.compare import CompareBench, cell_judges
+from amc.bench.compare_stats import JUDGE_SEED_STRIDE, mean_std, paired
 from amc.errors import ConfigError, script_main
 from amc.search.setup import SearchSetup
 
@@ -76,7 +76,7 @@ def main() -> None:
         try:
             for seed in a.seeds:
                 for method in a.methods:
-                    record = bench.finished_record(budget, method, seed)
+                    record = bench.finished_record(budget, method, seed, all_judged=False)
                     if record is None:
                         raise ConfigError(f"the cell {a.budget}/{method}/seed {seed} has not finished in {a.run_dir}")
                     judged = {str(r): j["map"] for r, j in enumerate(cell_judges(record))}  # the cell's own
@@ -86,7 +86,7 @@ def main() -> None:
                     for r in a.repeats:
                         if str(r) in done:
                             continue
-                        _, done[str(r)] = bench.judge(setup, selection, seed + JUDGE_SEED_STRIDE * r)
+                        done[str(r)] = bench.judgement(setup, selection, seed, r)["map"]
                         atomic_write_json(a.out, out)
                         print(f"{method} seed {seed} repeat {r}: {done[str(r)]:.4f} (cell: {done['0']:.4f})",
                               flush=True)

@@ -108,7 +108,7 @@ def main() -> None:
                 for method in a.methods:
                     if str(seed) in cells.get(method, {}):
                         continue
-                    record = bench.finished_record(budget, method, seed)
+                    record = bench.finished_record(budget, method, seed, all_judged=False)
                     if record is None:
                         raise ConfigError(f"the cell {budget_key}/{method}/seed {seed} has not finished in {a.run_dir}")
                     selection = bench.cell_selection(setup, budget, method, record)

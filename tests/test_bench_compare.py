@@ -11,6 +11,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -27,6 +28,7 @@ from amc.bench.compare_stats import (cell_machines, episodes_to_95, mean_std, pa
 from amc.bench.headline import END, headline_markdown, replace_block
 from amc.errors import ConfigError, script_main
 from amc.search.pick import EXPORT_RULES, pick
+from amc.search.setup import SearchSetup
 
 METHODS = ["ddpg", "random", "uniform", "global_magnitude"]
 KEYS = {"map_proxy", "map_full", "map_finetuned", "map_proxy_std", "map_full_std", "map_finetuned_std", "wall_s",
@@ -225,6 +227,11 @@ def test_a_resumed_bench_asking_more_judge_seeds_judges_its_finished_cells_again
         compare_bench(tiny_cfg("bench.methods=[random,uniform]", "bench.seeds=1", "bench.finetune.judge_seeds=2",
                                f"bench.resume={tmp_path / 'run'}", "bench.report_only=true", finetune=1),
                       tmp_path / "unused")
+    asking_two = CompareBench(twice, tmp_path / "unused")
+    budget = asking_two.budget("0.7")
+    assert asking_two.finished_record(budget, "random", 0) is None  # the bench judges it again first
+    as_is = asking_two.finished_record(budget, "random", 0, all_judged=False)  # what the scripts revisit
+    assert as_is["map_finetuned"] == first["budgets"]["0.7"]["random"]["map_finetuned"]
     second = compare_bench(twice, tmp_path / "unused")
     for method in ("random", "uniform"):
         judged = json.loads((cell.parent.parent / method / "seed0.json").read_text())
@@ -234,6 +241,17 @@ def test_a_resumed_bench_asking_more_judge_seeds_judges_its_finished_cells_again
         assert judged["map_finetuned"] == pytest.approx(np.mean(maps)) == \
             second["budgets"]["0.7"][method]["map_finetuned"]
     assert second["settings"]["finetune"]["judge_seeds"] == 2
+    # one judgement alone (scripts/judge_noise.py): judgement r of the cell's policy, as the bench made it
+    judged = json.loads(cell.read_text())
+    with tempfile.TemporaryDirectory() as work:
+        setup = SearchSetup(asking_two.cfgs[("0.7", "random", 0)], Path(work))
+        setup.build_env()
+        try:
+            selection = asking_two.cell_selection(setup, budget, "random", judged)
+            alone = asking_two.judgement(setup, selection, 0, 1)
+        finally:
+            compare._close_evaluator(setup)  # the stub evaluator holds nothing to close
+    assert alone["seed"] == 1000 and alone["map"] == pytest.approx(judged["judges"][1]["map"], abs=1e-6)
     back = compare_bench(tiny_cfg("bench.methods=[random,uniform]", "bench.seeds=1", f"bench.resume={tmp_path / 'run'}",
                                   finetune=1), tmp_path / "unused")  # resumed asking one judge: the cells' own
     for method in ("random", "uniform"):

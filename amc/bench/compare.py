@@ -39,8 +39,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from amc.atomic import atomic_write_json, atomic_write_text
 from amc.bench.common import finetune_pruned
-from amc.bench.compare_stats import (METRICS, best_so_far, cell_machines, episodes_to_95, paired, read_episodes,
-                                     search_failed, summarize, wins)
+from amc.bench.compare_stats import (METRICS, best_so_far, cell_machines, episodes_to_95, judge_seed, paired,
+                                     read_episodes, search_failed, summarize, wins)
 from amc.config import compose_config, config_number, output_dir, plain, search_split
 from amc.console import (ProgressLog, console, fmt_interval, fmt_mean_std, fmt_number, is_terminal, log_line,
                          print_table)
@@ -77,9 +77,6 @@ SEARCH_ONLY_LATER = ("spend_budget", "agent.imitate_best", "export_rule")
 cell's fingerprint, whatever their default, so that a new default does not disown the baselines' cells. (The rest of
 a baseline's agent settings stay in its fingerprint, as they were when the first benches ran.)"""
 CELLS_DIR = "cells"
-JUDGE_SEED_STRIDE = 1000
-"""The fine-tune seed of a cell's judgement r is ``seed + JUDGE_SEED_STRIDE * r`` (r = 0: the cell's seed, as
-benches judged before ``bench.finetune.judge_seeds``); scripts/judge_noise.py uses the same seeds."""
 SUBSET_SEED = 0  # draws the val / train subsets of bench.full and bench.finetune (the same for every seed)
 
 
@@ -415,12 +412,13 @@ class CompareBench:
 
     def _judgements(self, pruned, seed: int, first: int, stop: int) -> list[dict[str, Any]]:  # noqa: ANN001
         """The short fine-tunes r = first .. stop - 1 of a recalibrated pruned model of a cell of ``seed``: each its
-        fine-tune seed (``seed + JUDGE_SEED_STRIDE * r``), full-val mAP and machine; [] when fine-tunes are skipped."""
+        fine-tune seed (:func:`~amc.bench.compare_stats.judge_seed`), full-val mAP and machine; [] when fine-tunes
+        are skipped."""
         if self.train_set is None:
             return []
         out = []
         for r in range(first, stop):
-            tune_seed = seed + JUDGE_SEED_STRIDE * r
+            tune_seed = judge_seed(seed, r)
             self.train_set.seed = tune_seed  # the augmentation stream: seed k fine-tunes alike for every method
             tuned = finetune_pruned(pruned, self.train_set, self.hyp, self.b.finetune, tune_seed, self.device)
             out.append({"seed": tune_seed, "map": self.full_evaluator(tuned).map50_95,
@@ -560,9 +558,12 @@ class CompareBench:
             raise ConfigError(f"no budget {key} in this bench (its budgets: {', '.join(b.key for b in self.budgets)})")
         return found
 
-    def finished_record(self, budget: CompareBudget, method: str, seed: int) -> dict[str, Any] | None:
+    def finished_record(self, budget: CompareBudget, method: str, seed: int,
+                        all_judged: bool = True) -> dict[str, Any] | None:
         """A finished cell's record, None when it has not finished; a ConfigError when it was computed with other
-        settings than this bench's."""
+        settings than this bench's. ``all_judged``: a cell judged fewer times than ``bench.finetune.judge_seeds``
+        counts as unfinished (the bench judges it again first); False (the scripts that revisit a finished cell's
+        policy): it is read as it is, ``map_finetuned`` the mean of the judgements it has."""
         path = self.cell_path(budget, method, seed)
         if not path.is_file():
             return None
@@ -574,7 +575,7 @@ class CompareBench:
                               f"with the same settings, or choose a new run directory")
         if self.finetune_epochs > 0:
             judges = cell_judges(record)
-            if len(judges) < self.judge_seeds:
+            if all_judged and len(judges) < self.judge_seeds:
                 return None  # judged fewer times than this bench asks: run() judges it again first (_rejudge)
             record["map_finetuned"] = _judged_mean(judges, self.judge_seeds)
         return record
@@ -657,7 +658,7 @@ class CompareBench:
         """
         if method not in self.methods or seed not in self.seeds:
             raise ConfigError(f"no cell budget {budget.key}, {method}, seed {seed} in this bench's settings")
-        record = self.finished_record(budget, method, seed)
+        record = self.finished_record(budget, method, seed, all_judged=False)
         path = self.cell_path(budget, method, seed)
         if record is None:
             raise ConfigError(f"{path}: this cell has not finished")
@@ -696,6 +697,16 @@ class CompareBench:
         self._ensure_scoring()
         full, tuned, _ = self._score(prune_model(setup.model, setup.space, selection), seed)
         return full, tuned
+
+    def judgement(self, setup: SearchSetup, selection: ChannelSelection, seed: int, r: int) -> dict[str, Any]:
+        """Judgement ``r`` alone of any policy of ``setup``'s model, as this bench makes it for a cell of ``seed``
+        (adaptive BN, one short fine-tune with seed :func:`~amc.bench.compare_stats.judge_seed`): ``seed``, ``map``
+        and ``machine``, as a cell's ``judges`` hold them; a ConfigError when this bench skips the fine-tune."""
+        self._ensure_scoring()
+        if self.train_set is None:
+            raise ConfigError("bench.finetune.epochs is 0: this bench judges no policy by a fine-tune")
+        pruned = self._recalibrated(prune_model(setup.model, setup.space, selection))
+        return self._judgements(pruned, seed, r, r + 1)[0]
 
     @staticmethod
     def _proxy_map(setup, ratios: np.ndarray, selection) -> float:  # noqa: ANN001

@@ -26,6 +26,14 @@ import numpy as np
 
 METRICS = ("map_proxy", "map_full", "map_finetuned")
 """The mAPs@0.5:0.95 reported per cell; each gets a mean and a ``_std`` over seeds."""
+JUDGE_SEED_STRIDE = 1000
+"""The fine-tune seed of a cell's judgement r is ``seed + JUDGE_SEED_STRIDE * r`` (:func:`judge_seed`)."""
+
+
+def judge_seed(seed: int, r: int) -> int:
+    """The fine-tune seed of judgement ``r`` of a cell of ``seed`` (r = 0: the cell's seed, as benches judged before
+    ``bench.finetune.judge_seeds``): the same for every method of a seed, so judgements stay paired."""
+    return seed + JUDGE_SEED_STRIDE * r
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:

@@ -14,6 +14,7 @@ import statistics
 import textwrap
 from typing import Any
 
+from amc.bench.compare_stats import JUDGE_SEED_STRIDE
 from amc.console import fmt_interval, fmt_number
 
 START = "<!-- headline:start (generated from {source} by scripts/readme_headline.py; do not edit by hand) -->"
@@ -48,8 +49,8 @@ def _judge(settings: dict[str, Any]) -> str:
     where = f" on {images} train images" if images else ""
     if judges == 1:
         return f" (after one {epochs}-epoch fine-tune{where})"
-    return (f" (the mean of {judges} {epochs}-epoch fine-tunes{where}, fine-tune seeds seed + 1000 r for r < "
-            f"{judges})")
+    return (f" (the mean of {judges} {epochs}-epoch fine-tunes{where}, fine-tune seeds seed + {JUDGE_SEED_STRIDE} r "
+            f"for r < {judges})")
 
 
 def _seed_counts(results: dict[str, Any]) -> dict[str, int]:
